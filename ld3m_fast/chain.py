@@ -1,0 +1,137 @@
+"""The LD3M reverse chain as one autograd Function with step-level recomputation.
+
+Forward runs every step without building a graph and keeps only the input latent of each step
+(``steps × N × C × h × w``: a few MB) — the start noise is inside the first one. Backward walks the
+steps in reverse, one chunk of images at a time: it applies the fused step's backward, recomputes
+that step's (guided) denoiser call with gradients, and pulls the gradient through it with one
+vector-Jacobian product. Cost: 1 forward + 1 recomputed forward + 1 backward of the denoiser per
+step; memory: one denoiser call's activations for one chunk, whatever the number of steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .backends import StepCoefficients, select_backend
+from .model_adapter import Denoiser
+from .schedule import DDIMSchedule
+
+
+@dataclass
+class ChainSettings:
+    """Everything the chain needs besides its differentiable inputs."""
+
+    denoiser: Denoiser
+    schedule: DDIMSchedule
+    unconditional: torch.Tensor | None  # (N, L, D) contexts for guidance, or None for no guidance
+    chunk_size: int                      # images per recomputed denoiser call in backward
+    backend: str | None = None
+    generator: torch.Generator | None = None  # draws the per-step noise when eta > 0
+    progress: bool = False
+    callback: Callable[[int], None] | None = None  # called with the step index after each forward step
+    forward_chunk_size: int | None = None  # images per no-grad denoiser call in forward (default: chunk_size)
+
+    @property
+    def guided(self) -> bool:
+        return self.unconditional is not None and self.schedule.coefficients[0].guidance != 1.0
+
+    def coefficients(self, i: int) -> StepCoefficients:
+        coef = self.schedule.coefficients[i]
+        return coef if self.guided else coef._replace(guidance=1.0)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def guided_eps(denoiser: Denoiser, z, t, context, unconditional):
+    """``(eps_u, eps_c)`` from one denoiser call on the doubled batch ``[z; z]`` with ``[uc; c]``."""
+    if unconditional is None:
+        eps = denoiser(z, t, context)
+        return eps, eps
+    out = denoiser(torch.cat([z, z]), torch.cat([t, t]), torch.cat([unconditional, context]))
+    return out.chunk(2)
+
+
+class _ReverseChain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z_start, anchor, context, cfg: ChainSettings):
+        n, steps = z_start.shape[0], cfg.schedule.num_steps
+        uc = cfg.unconditional if cfg.guided else None
+        impl = select_backend(z_start, cfg.backend)
+        anchor_c = None if anchor is None else anchor.detach().contiguous()
+        latents = z_start.new_empty((steps, *z_start.shape))
+        z = z_start.detach().contiguous()
+        bar = tqdm(total=steps, desc="render", disable=not cfg.progress, leave=False)
+        for i, tau in enumerate(cfg.schedule.timesteps):
+            coef = cfg.coefficients(i)
+            latents[i].copy_(z)
+            noise = None
+            if coef.sigma:
+                noise = torch.randn(z.shape, generator=cfg.generator, dtype=z.dtype).to(z.device)
+            z_next = torch.empty_like(z)
+            for sl in _chunks(n, cfg.forward_chunk_size or cfg.chunk_size):
+                t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
+                eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
+                a = z[sl] if anchor_c is None else anchor_c[sl]
+                z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
+                                             None if noise is None else noise[sl], coef, False)
+            z = z_next
+            bar.update()
+            if cfg.callback is not None:
+                cfg.callback(i)
+        bar.close()
+        ctx.cfg, ctx.impl, ctx.latents = cfg, impl, latents
+        ctx.has_anchor = anchor is not None
+        ctx.save_for_backward(context)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (context,) = ctx.saved_tensors
+        cfg, impl, latents = ctx.cfg, ctx.impl, ctx.latents
+        uc = cfg.unconditional if cfg.guided else None
+        need_ctx = ctx.needs_input_grad[2]
+        n, steps = latents.shape[1], latents.shape[0]
+        grad_z = torch.empty_like(latents[0])
+        grad_anchor = torch.zeros_like(latents[0]) if ctx.has_anchor else None
+        grad_ctx = torch.zeros_like(context) if need_ctx else None
+        bar = tqdm(total=steps * -(-n // cfg.chunk_size), desc="render backward", disable=not cfg.progress, leave=False)
+        for sl in _chunks(n, cfg.chunk_size):
+            gz = grad_out[sl].contiguous()
+            for i in reversed(range(steps)):
+                g_direct, g_eps, g_anchor = impl.backward(gz, None, cfg.coefficients(i))
+                if grad_anchor is not None:
+                    grad_anchor[sl] += g_anchor
+                with torch.enable_grad():
+                    z_in = latents[i, sl].detach().requires_grad_(True)
+                    c_in = context[sl].detach().requires_grad_(need_ctx)
+                    t = torch.full((z_in.shape[0],), cfg.schedule.timesteps[i], device=z_in.device, dtype=torch.long)
+                    if uc is None:
+                        out, g_out = cfg.denoiser(z_in, t, c_in), g_eps[1]
+                    else:
+                        out = cfg.denoiser(torch.cat([z_in, z_in]), torch.cat([t, t]), torch.cat([uc[sl], c_in]))
+                        g_out = g_eps.view_as(out)
+                    inputs = (z_in, c_in) if need_ctx else (z_in,)
+                    grads = torch.autograd.grad(out, inputs, g_out, allow_unused=True)
+                gz = g_direct if grads[0] is None else g_direct + grads[0]
+                if need_ctx and grads[1] is not None:
+                    grad_ctx[sl] += grads[1]
+                bar.update()
+            grad_z[sl] = gz
+        bar.close()
+        return grad_z, grad_anchor, grad_ctx, None
+
+
+def reverse_chain(z_start: torch.Tensor, anchor: torch.Tensor | None, context: torch.Tensor,
+                  settings: ChainSettings) -> torch.Tensor:
+    """Run the LD3M reverse chain from ``z_start``; differentiable w.r.t. ``z_start``, ``anchor``, ``context``.
+
+    ``anchor`` is the skip target (``Zq`` for ``skip="official"``, ``z_start`` itself for ``"paper"``,
+    ``None`` for ``"none"``). Returns the final latent ``z_0``.
+    """
+    return _ReverseChain.apply(z_start, anchor, context, settings)

@@ -1,0 +1,112 @@
+"""``render``: learnable latents and class embeddings → images, differentiable end to end.
+
+Pipeline (DESIGN §1.2): ``z_T = sqrt(ā)·Z + sqrt(1−ā)·ε`` with ``ε`` fixed for the rendering →
+the reverse chain with the LD3M skip (recomputed per step in backward) → VQ straight-through →
+decoder (recomputed per chunk in backward) → ``(x + 1) / 2`` clamped to [0, 1] → optional
+normalisation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .chain import ChainSettings, guided_eps, reverse_chain
+from .decode import recomputed_decode, straight_through
+from .memory import DEFAULT_CHUNK, NO_GRAD_CHUNK_FACTOR, parse_memory_budget, plan_chunk_size, saved_activation_bytes
+from .model_adapter import LatentModel, as_latent_model
+from .schedule import DDIMSchedule
+from .validation import check_latents_and_context
+
+
+def make_generator(seed: int | None = None, generator: torch.Generator | None = None) -> torch.Generator | None:
+    """A CPU generator seeded with ``seed``, the given ``generator``, or ``None`` (the global RNG)."""
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(int(seed))
+
+
+def start_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``ε`` drawn on the CPU (the same values on every device) and moved to ``like``'s device."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] → images in [0, 1]."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def normalize_images(images: torch.Tensor, normalize) -> torch.Tensor:
+    """``(images − mean) / std`` per channel; ``normalize`` is ``(mean, std)`` or ``None``."""
+    if normalize is None:
+        return images
+    mean, std = (torch.as_tensor(v, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1) for v in normalize)
+    return (images - mean) / std
+
+
+def _chunk_for_budget(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule, budget: int) -> int:
+    """Measure one image's activations in a guided denoiser call and in the decoder; plan the chunk."""
+    z1 = Z[:1].detach().requires_grad_(True)
+    t = torch.full((1,), schedule.timesteps[0], device=Z.device, dtype=torch.long)
+    unet_bytes, _ = saved_activation_bytes(lambda z: guided_eps(lm.denoiser, z, t, c[:1].detach(), uc), z1)
+    dec_bytes, image = saved_activation_bytes(lm.decode, z1)
+    n, elt = Z.shape[0], Z.element_size()
+    fixed = n * elt * ((schedule.num_steps + 6) * Z[0].numel() + 3 * image[0].numel())
+    return plan_chunk_size(n, budget, max(unet_bytes, dec_bytes), fixed)
+
+
+def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float = 3.0, skip: str = "official",
+           memory_budget=None, seed: int | None = None, *, generator: torch.Generator | None = None,
+           chunk_size: int | None = None, eta: float = 0.0, backend: str | None = None,
+           check_finite: bool = True, normalize=None, progress: bool = False) -> torch.Tensor:
+    """Render images from latents ``Z`` (N, C, h, w) and class embeddings ``c`` (N, L, D).
+
+    Args:
+        model: a :class:`LatentModel` or a CompVis-style LDM (see ``ld3m_fast.model_adapter``).
+        steps: DDIM steps requested (the official uniform discretisation; may run a few more).
+        guidance: classifier-free guidance scale (1.0: no guidance, one denoiser call per step).
+        skip: ``"official"`` (x̂0 blended with Zq, the LD3M code), ``"paper"`` (Eq. 7), ``"none"``.
+        memory_budget: bytes or e.g. ``"8GiB"`` for the backward pass; picks the chunk size.
+        seed / generator: fix the start noise ε (and the DDIM noise if ``eta > 0``).
+        chunk_size: images per recomputed denoiser call in backward (overrides ``memory_budget``;
+            default 10). The no-grad forward runs all images at once (as the official code does),
+            or, under a ``memory_budget``, ``NO_GRAD_CHUNK_FACTOR`` chunks at once.
+        backend: fused-step backend (``"torch"``, ``"triton"``, ``"cpp"``, ``"cuda"``; default automatic).
+        normalize: ``(mean, std)`` applied to the [0, 1] images, or ``None``.
+
+    Returns images in [0, 1] (or normalised), differentiable w.r.t. ``Z`` and ``c``.
+    """
+    lm = as_latent_model(model)
+    check_latents_and_context(Z, c, lm.latent_channels, lm.module, check_finite)
+    schedule = DDIMSchedule.make(steps, lm.alphas_cumprod, guidance, skip, eta)
+    budget = parse_memory_budget(memory_budget)
+    n = Z.shape[0]
+    uc = lm.unconditional_context(n)
+    if uc is not None:
+        uc = uc.to(device=c.device, dtype=c.dtype)
+    elif guidance != 1.0:
+        raise ValueError(f"guidance={guidance} needs the unconditional class embedding, which this model lacks; "
+                         "give LatentModel(unconditional=...) or use guidance=1.0")
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+        chunk = min(chunk_size, n)
+        forward_chunk = n if budget is None else min(n, NO_GRAD_CHUNK_FACTOR * chunk)
+    elif budget is not None:
+        chunk = _chunk_for_budget(lm, Z, c, uc[:1] if uc is not None and guidance != 1.0 else None, schedule, budget)
+        forward_chunk = min(n, NO_GRAD_CHUNK_FACTOR * chunk)
+    else:
+        chunk, forward_chunk = min(n, DEFAULT_CHUNK), n
+    gen = make_generator(seed, generator)
+
+    z_start = math.sqrt(schedule.start_alpha) * Z + math.sqrt(1 - schedule.start_alpha) * start_noise(Z, gen)
+    anchor = {"official": lambda: straight_through(lm.quantize, Z), "paper": lambda: z_start,
+              "none": lambda: None}[skip]()
+    settings = ChainSettings(lm.denoiser, schedule, uc, chunk, backend, gen, progress, forward_chunk_size=forward_chunk)
+    z0 = reverse_chain(z_start, anchor, c, settings)
+    x = recomputed_decode(lm.decode, straight_through(lm.quantize, z0), chunk, forward_chunk)
+    return normalize_images(to_unit_range(x), normalize)

@@ -138,7 +138,8 @@ setup(
     python_requires=">=3.10",
     packages=sorted(set(find_packages(include=["ld3m_fast", "ld3m_fast.*"])) | {"ld3m_fast.kernels"}),
     package_dir={"ld3m_fast.kernels": "kernels"},
-    install_requires=["torch", "safetensors", "tqdm", "diffusers"],
+    package_data={"ld3m_fast.data": ["imagenet_classes.txt", "embedded/fashion-mnist/*"]},
+    install_requires=["torch", "safetensors", "tqdm", "diffusers", "Pillow", "numpy"],
     extras_require={
         "triton": ["triton"],
         "test": ["pytest", "pytest-benchmark", "triton", "ninja"],

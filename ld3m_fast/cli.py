@@ -1,25 +1,198 @@
-"""Command line: ``ld3m-fast check`` (and ``python -m ld3m_fast check``).
+"""Command line: ``ld3m-fast distill | eval | experts | check`` (also ``python -m ld3m_fast ...``).
 
-``check`` shows which fused-step backends this installation has, then renders a batch with a tiny
-model through the engine and through the official-style reference, and reports whether their
-gradients agree and how long each took.
+Every distillation knob of ``ld3m_fast.distill`` is an option named after it (``--ipc``,
+``--steps``, ``--lr``, ...); unset ones take the preset's defaults. ``distill`` keeps a checkpoint
+in ``<out>/checkpoint``: Ctrl-C saves the last completed iteration, and running the same command
+again continues from it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 import time
+from pathlib import Path
+
+# Help for the knobs of DistillConfig, phrased like the papers' hyper-parameters.
+KNOB_HELP = {
+    "preset": "hyper-parameters of 'ld3m' (official LD3M code, default) or 'glad' (GLaD)",
+    "iterations": "distillation iterations (ld3m: 10000, glad: 1000)",
+    "lr": "learning rate of Z and c, or of the pixels (ld3m: DM 1, DC 0.1, MTT 1000; glad: 0.01, 0.001, 10)",
+    "momentum": "SGD momentum of the synthetic set (0.5)",
+    "batch_real": "real images per class per iteration (256)",
+    "init": "'real': start from encoded (or copied) random real images; 'noise'",
+    "seed": "seed of every random draw; a fixed seed gives the same result (0)",
+    "net": "network the loss is computed with (ConvNet; also ConvNetD5, ConvNetBN, AlexNet, VGG11, ResNet18, ViT)",
+    "net_width": "network width (128)",
+    "net_depth": "ConvNet depth (default: 5 at 128 px, 6 at 256 px)",
+    "net_norm": "ConvNet normalisation: instancenorm, batchnorm, none",
+    "dsa": "differentiable Siamese augmentation on real and synthetic images (true)",
+    "steps": "DDIM steps of the LDM rendering (10 at <= 128 px, 20 above)",
+    "guidance": "classifier-free guidance scale (3.0; 1.0 disables it)",
+    "skip": "LD3M skip: 'official' (x0 blended with Zq, the code), 'paper' (Eq. 7), 'none'",
+    "eta": "DDIM eta (0)",
+    "chunk_size": "images per recomputed denoiser call (10)",
+    "memory_budget": "bytes or e.g. '16GiB' for the rendering's backward; picks the chunk size",
+    "class_ids": "the LDM class of each label (default: the dataset's ImageNet ids, else 0..C-1)",
+    "syn_mean": "normalisation mean of rendered images (3-channel default: the official 0.4377 0.4438 0.4728)",
+    "syn_std": "normalisation std of rendered images",
+    "encode_input": "what the encoder sees at init='real': 'normalized' (official) or 'signed' ([-1, 1])",
+    "backend": "fused-step backend: torch, triton, cpp, cuda (default: fastest available)",
+    "lr_net": "DC: learning rate of the network between outer loops (0.01)",
+    "outer_loop": "DC: outer loops per iteration (1)",
+    "inner_loop": "DC: network epochs between outer loops (1)",
+    "batch_train": "DC: batch size of the network's inner training (256)",
+    "lr_lr": "MTT: learning rate of the learnable step size (1e-6)",
+    "lr_teacher": "MTT: initial student step size (0.01)",
+    "syn_steps": "MTT: student steps on synthetic data (ld3m 10, glad 20)",
+    "expert_epochs": "MTT: expert epochs the student should cover (ld3m 2, glad 3)",
+    "max_start_epoch": "MTT: latest expert start epoch, exclusive (ld3m 2, glad 5)",
+    "batch_syn": "MTT: synthetic images per student step (all)",
+    "checkpoint_every": "iterations between checkpoints (100)",
+    "eval_every": "evaluate every N iterations on the test split (off)",
+    "eval_archs": "architectures of the periodic evaluation (ConvNet)",
+    "eval_repeats": "networks per architecture in the periodic evaluation (1)",
+    "eval_epochs": "epochs of the periodic evaluation (protocol default)",
+}
+_TUPLE_KNOBS = {"class_ids": int, "syn_mean": float, "syn_std": float, "eval_archs": str}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--data", default="fashion-mnist",
+                   help="dataset: fashion-mnist (embedded, default), fashion-mnist-full, imagenette, imagewoof, "
+                        "imagenet-a..e, ..., or a class-folder path")
+    p.add_argument("--root", default=None, help="dataset root folder (ImageNet: the folder with train/ and val/)")
+    p.add_argument("--resolution", type=int, default=None, help="image size (ImageNet subsets: 128 or 256)")
+    p.add_argument(f"--{'split' if split == 'train' else 'test-split'}", dest="split", default=split,
+                   help=f"split to use (default {split})")
+
+
+def _load_data(args, split=None):
+    from .data import load_dataset
+
+    kw = {} if args.resolution is None else {"resolution": args.resolution}
+    return load_dataset(args.data, root=args.root, split=split or args.split, **kw)
+
+
+def _add_knobs(p: argparse.ArgumentParser) -> None:
+    from .distill.config import DistillConfig
+
+    g = p.add_argument_group("distillation knobs (unset: the preset's default)")
+    for f in dataclasses.fields(DistillConfig):
+        if f.name in ("algorithm", "ipc"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _TUPLE_KNOBS:
+            g.add_argument(flag, dest=f.name, nargs="+", type=_TUPLE_KNOBS[f.name], default=None, help=KNOB_HELP[f.name])
+            continue
+        kind = {"bool": _bool, "int": int, "float": float}.get(str(f.type).split(" ")[0].replace("| None", ""), str)
+        if f.name == "memory_budget":
+            kind = str
+        g.add_argument(flag, dest=f.name, type=kind, default=None, help=KNOB_HELP[f.name])
+
+
+def _knobs(args) -> dict:
+    from .distill.config import knob_names
+
+    out = {}
+    for name in knob_names():
+        value = getattr(args, name, None)
+        if value is not None and name not in ("algorithm", "ipc"):
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _load_model(args):
+    if args.model in (None, "none", "pixel"):
+        return None
+    from .models import load_ldm
+
+    return load_ldm(args.model, checkpoint=args.model_checkpoint, device=args.device)
+
+
+def _distill(args) -> int:
+    from .distill import DistillationDiverged, distill
+    from .distributed import launched_by_torchrun
+
+    distributed = launched_by_torchrun()  # torchrun --nproc_per_node=K -m ld3m_fast distill ...
+    main = not distributed or int(os.environ["RANK"]) == 0
+    train = _load_data(args)
+    test = _load_data(args, args.test_split) if args.eval_every else None
+    model = _load_model(args)
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
+    if main:
+        space = f"latent space of {args.model}" if model is not None else "pixel space"
+        ranks = f" on {os.environ['WORLD_SIZE']} ranks" if distributed else ""
+        print(f"distilling {train!r} with {args.algorithm.upper()} into {args.ipc} images per class, {space}{ranks}; "
+              f"output: {out}")
+    start = time.perf_counter()
+    try:
+        result = distill(train, model, args.ipc, args.algorithm, experts=args.experts, test=test, device=args.device,
+                         checkpoint_dir=ckpt, progress=not args.quiet, distributed=distributed, **_knobs(args))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last completed iteration is saved in {ckpt}; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    except DistillationDiverged as exc:
+        if main:
+            exc.last_good.save(out / "last_good")
+            print(f"error: {exc}\nthe last good set is in {out / 'last_good'}", file=sys.stderr)
+        return 1
+    if not main:
+        return 0
+    result.save(out)
+    losses = result.losses
+    print(f"done in {time.perf_counter() - start:.1f} s: {len(losses)} iterations, final loss "
+          f"{losses[-1] if losses else float('nan'):.4g}; wrote {out}/distilled.safetensors, distilled.json and PNG grids")
+    return 0
+
+
+def _eval(args) -> int:
+    from .distill import DistilledSet
+    from .evaluate import evaluate
+
+    distilled = DistilledSet.load(args.distilled)
+    test = _load_data(args, args.split)
+    table = evaluate(distilled, test, archs=tuple(args.archs), repeats=args.repeats, protocol=args.protocol,
+                     epochs=args.epochs, train_arch=distilled.config.get("net", "ConvNet"),
+                     train_normalize=(distilled.mean, distilled.std), device=args.device, seed=args.seed,
+                     progress=not args.quiet)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps(table.to_dict(), indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _experts(args) -> int:
+    from .distill import train_experts
+
+    train = _load_data(args)
+    buffer = train_experts(train, args.out, num_experts=args.num_experts, epochs=args.epochs, net=args.net,
+                           width=args.width, depth=args.depth, norm=args.norm, lr=args.lr, batch_size=args.batch_size,
+                           seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"{len(buffer)} expert trajectories of {buffer.epochs} epochs in {buffer.path}")
+    return 0
 
 
 def _check(args) -> int:
     import torch
 
     from . import available_backends, reference, render
-    from .render import make_generator, start_noise
     from .tiny import TinyLDM
 
     print(f"ld3m_fast on torch {torch.__version__}; backends available: {', '.join(available_backends())}")
-    torch.manual_seed(args.seed)
     model = TinyLDM(seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     Z = torch.randn(args.images, 3, 8, 8, generator=gen).requires_grad_(True)
@@ -45,16 +218,73 @@ def _check(args) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ld3m-fast", description="ld3m_fast: fast, memory-bounded LD3M")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ld3m-fast", description="ld3m_fast: fast, memory-bounded LD3M dataset distillation")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="distil a dataset (LD3M in an LDM's latent space, or pixel-space baselines)",
+                       description="Distil a dataset into a few images per class. Ctrl-C saves the state; the same "
+                                   "command continues from it.")
+    _add_data_args(d, "train")
+    d.add_argument("--model", default="none",
+                   help="LDM: cin256-v2, tiny, small, a saved model (save_ldm) or a diffusers folder; 'none' for "
+                        "pixel space (default)")
+    d.add_argument("--model-checkpoint", default=None, help="CompVis checkpoint to load into --model (e.g. model.ckpt)")
+    d.add_argument("--algorithm", choices=("dm", "dc", "mtt"), default="dm", help="distillation loss (dm)")
+    d.add_argument("--ipc", type=int, default=1, help="images per class (1)")
+    d.add_argument("--experts", default=None, help="MTT: folder of expert trajectories (ld3m-fast experts)")
+    d.add_argument("--test-split", default="test", help="split for --eval-every (test)")
+    d.add_argument("--out", default="distilled", help="output folder (default ./distilled)")
+    d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the model's, else cuda if present)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_knobs(d)
+    d.set_defaults(func=_distill)
+
+    e = sub.add_parser("eval", help="train networks on a distilled set and test them (GLaD/LD3M protocol)")
+    e.add_argument("distilled", help="folder written by distill")
+    _add_data_args(e, "test")
+    e.add_argument("--archs", nargs="+", default=["ConvNet", "AlexNet", "VGG11", "ResNet18", "ViT"])
+    e.add_argument("--repeats", type=int, default=5, help="networks per architecture (5)")
+    e.add_argument("--protocol", choices=("glad", "dc"), default="glad",
+                   help="glad: 1000 epochs, warm-up + cosine, EMA; dc: 300 epochs, step lr")
+    e.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.add_argument("--out", default=None, help="write the table as JSON here")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_eval)
+
+    x = sub.add_parser("experts", help="train MTT expert trajectories on real data")
+    _add_data_args(x, "train")
+    x.add_argument("--out", required=True, help="folder for the trajectories")
+    x.add_argument("--num-experts", type=int, default=10)
+    x.add_argument("--epochs", type=int, default=15, help="epochs per expert (15)")
+    x.add_argument("--net", default="ConvNet")
+    x.add_argument("--width", type=int, default=128)
+    x.add_argument("--depth", type=int, default=None)
+    x.add_argument("--norm", default="instancenorm")
+    x.add_argument("--lr", type=float, default=0.01, help="expert SGD learning rate (0.01)")
+    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--device", default=None)
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=_experts)
+
     check = sub.add_parser("check", help="show backends and compare engine vs reference on a tiny model")
     check.add_argument("--images", type=int, default=20, help="number of latents to render (default 20)")
     check.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_check)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

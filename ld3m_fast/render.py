@@ -61,6 +61,7 @@ def _chunk_for_budget(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule, budget:
 
 def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float = 3.0, skip: str = "official",
            memory_budget=None, seed: int | None = None, *, generator: torch.Generator | None = None,
+           noise: torch.Tensor | None = None,
            chunk_size: int | None = None, eta: float = 0.0, backend: str | None = None,
            check_finite: bool = True, normalize=None, progress: bool = False) -> torch.Tensor:
     """Render images from latents ``Z`` (N, C, h, w) and class embeddings ``c`` (N, L, D).
@@ -72,6 +73,7 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
         skip: ``"official"`` (x̂0 blended with Zq, the LD3M code), ``"paper"`` (Eq. 7), ``"none"``.
         memory_budget: bytes or e.g. ``"8GiB"`` for the backward pass; picks the chunk size.
         seed / generator: fix the start noise ε (and the DDIM noise if ``eta > 0``).
+        noise: the start noise ε itself (shape of ``Z``), instead of drawing it.
         chunk_size: images per recomputed denoiser call in backward (overrides ``memory_budget``;
             default 10). The no-grad forward runs all images at once (as the official code does),
             or, under a ``memory_budget``, ``NO_GRAD_CHUNK_FACTOR`` chunks at once.
@@ -102,8 +104,11 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     else:
         chunk, forward_chunk = min(n, DEFAULT_CHUNK), n
     gen = make_generator(seed, generator)
-
-    z_start = math.sqrt(schedule.start_alpha) * Z + math.sqrt(1 - schedule.start_alpha) * start_noise(Z, gen)
+    if noise is None:
+        noise = start_noise(Z, gen)
+    elif noise.shape != Z.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)} but Z has {tuple(Z.shape)}: give one ε per latent")
+    z_start = math.sqrt(schedule.start_alpha) * Z + math.sqrt(1 - schedule.start_alpha) * noise.to(Z)
     anchor = {"official": lambda: straight_through(lm.quantize, Z), "paper": lambda: z_start,
               "none": lambda: None}[skip]()
     settings = ChainSettings(lm.denoiser, schedule, uc, chunk, backend, gen, progress, forward_chunk_size=forward_chunk)

@@ -109,6 +109,12 @@ class TinyVQ(nn.Module):
             nn.Conv2d(embed_dim, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.SiLU(),
             nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.SiLU(),
             nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1))
+        # He-normal weights keep the signal's scale through the layers (PyTorch's default init shrinks it about
+        # 10x here), so that random-weight images respond to the latents, as a trained autoencoder's would.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def encode(self, x):
         return self.encoder(x)

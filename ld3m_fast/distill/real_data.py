@@ -1,0 +1,123 @@
+"""The real training set of a distillation run: whatever the user passes, as per-class batches.
+
+``as_real_data`` accepts a pair of tensors ``(images, labels)``, an ``ld3m_fast.data.ImageDataset``
+(or anything with ``images``/``labels``), any map-style dataset of ``(image, label)``, or a dataset
+name of ``ld3m_fast.data.load_dataset``. Images are kept on the CPU (uint8 when they come as
+uint8, so that an ImageNet subset fits); batches are moved to the run's device and normalised with
+the set's mean/std when drawn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RealData:
+    """Real images (CPU; uint8, or float in [0, 1]), labels, normalisation and the indices of each class."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    class_names: list[str]
+    class_ids: tuple[int, ...] | None  # the class a class-conditional model knows each label as (ImageNet ids)
+    name: str
+
+    def __post_init__(self):
+        self.indices = [torch.nonzero(self.labels == k).flatten() for k in range(self.num_classes)]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
+    def to_unit(self, x: torch.Tensor, device) -> torch.Tensor:
+        """Images in [0, 1], float32, on ``device``."""
+        x = x.to(device)
+        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − mean) / std`` per channel, for images in [0, 1]."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def class_batch(self, k: int, n: int, gen: torch.Generator, device) -> torch.Tensor:
+        """``n`` random images of class ``k`` (all of them if it has fewer), normalised, on ``device``."""
+        idx = self.indices[k]
+        pick = idx[torch.randperm(idx.numel(), generator=gen)[:n]]
+        return self.normalize(self.to_unit(self.images[pick], device))
+
+    def all_normalized(self, device, indices: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.images if indices is None else self.images[indices]
+        return self.normalize(self.to_unit(x, device))
+
+
+def _check_images_and_labels(images, labels, name):
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"{name}: images must be a tensor (N, C, H, W), got "
+                         f"{type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"{name}: images must be uint8 or float in [0, 1], got {images.dtype}")
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() != images.shape[0]:
+        raise ValueError(f"{name}: {images.shape[0]} images but {labels.numel()} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: the set is empty")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name}: images contain NaN/Inf")
+    return images.detach().cpu(), labels.detach().cpu().long()
+
+
+def as_real_data(train, num_classes: int | None = None, *, name: str = "train") -> RealData:
+    """Turn ``train`` into :class:`RealData`; checks labels lie in ``0..C−1`` and every class has images."""
+    mean = std = class_ids = None
+    class_names = None
+    set_name = name
+    if isinstance(train, str):
+        from ..data import load_dataset
+        train = load_dataset(train)
+    if isinstance(train, (tuple, list)) and len(train) == 2 and isinstance(train[0], torch.Tensor):
+        images, labels = _check_images_and_labels(train[0], train[1], name)
+    elif hasattr(train, "images") and hasattr(train, "labels"):
+        images, labels = _check_images_and_labels(train.images, train.labels, name)
+        mean, std = getattr(train, "mean", None), getattr(train, "std", None)
+        class_names = getattr(train, "class_names", None)
+        class_ids = getattr(train, "imagenet_ids", None)
+        set_name = getattr(train, "name", name)
+    elif hasattr(train, "__getitem__") and hasattr(train, "__len__"):
+        if len(train) == 0:
+            raise ValueError(f"{name}: the dataset is empty")
+        items = [train[i] for i in range(len(train))]
+        try:
+            images = torch.stack([torch.as_tensor(x) for x, _ in items])
+            labels = torch.as_tensor([int(y) for _, y in items])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name}: a dataset must give (image tensor C×H×W, int label) pairs of one size ({exc})") from exc
+        images, labels = _check_images_and_labels(images, labels, name)
+    else:
+        raise TypeError(f"{name} must be a pair (images, labels), a dataset of (image, label) or a dataset name, "
+                        f"got {type(train).__name__}")
+    if num_classes is None:
+        num_classes = len(class_names) if class_names else int(labels.max()) + 1
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"{name}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    counts = torch.bincount(labels, minlength=num_classes)
+    empty = [k for k in range(num_classes) if counts[k] == 0]
+    if empty:
+        raise ValueError(f"{name}: classes {empty} have no images; every class 0..{num_classes - 1} needs at least one")
+    if mean is None or std is None:
+        unit = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        mean = tuple(float(v) for v in unit.mean(dim=(0, 2, 3)))
+        std = tuple(max(float(v), 1e-6) for v in unit.std(dim=(0, 2, 3)))
+    return RealData(images, labels, tuple(mean), tuple(std), num_classes,
+                    list(class_names) if class_names else [str(k) for k in range(num_classes)],
+                    None if class_ids is None else tuple(int(i) for i in class_ids), str(set_name))

@@ -1,0 +1,71 @@
+"""Run under torchrun by tests/test_distributed.py: distil toy data with the synthetic set sharded over the ranks."""
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_distill import SMALL, toy_data  # noqa: E402
+
+from ld3m_fast.distill import distill  # noqa: E402
+from ld3m_fast.tiny import TinyLDM  # noqa: E402
+
+CASES = {  # name -> (space, algorithm, extra knobs)
+    "dm": ("latent", "dm", {}),
+    "dc": ("pixel", "dc", dict(outer_loop=2, inner_loop=1)),
+    "mtt": ("latent", "mtt", dict(expert_epochs=1, max_start_epoch=2, syn_steps=3)),
+}
+
+
+def run_case(name, out, experts, seed=2, data=None):
+    space, algorithm, extra = CASES[name]
+    model = TinyLDM(seed=3) if space == "latent" else None
+    kw = dict(SMALL, **extra)
+    if algorithm == "mtt":
+        kw["experts"] = experts
+    return distill(data or toy_data(), model, ipc=2, algorithm=algorithm, iterations=3, seed=seed, distributed=True,
+                   checkpoint_dir=out / f"{name}_ckpt", **kw)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("case")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--experts")
+    args = p.parse_args()
+    rank = int(os.environ["RANK"])
+    try:
+        if args.case == "equal":
+            for name in CASES:
+                result = run_case(name, args.out, args.experts)
+                if rank == 0:
+                    result.save(args.out / name)
+        elif args.case == "disagree":
+            run_case("dm", args.out, args.experts, seed=2 + rank)
+        elif args.case == "too_many_ranks":
+            images, labels = toy_data(classes=1)
+            run_case("dm", args.out, args.experts, data=(images, labels))
+        elif args.case == "rank_dies":
+            from ld3m_fast.distill import dm
+
+            original = dm.DM.iteration
+
+            def iteration(self, it):
+                if it == 1 and rank == 1:
+                    os._exit(3)  # the process is gone, mid-run
+                return original(self, it)
+            dm.DM.iteration = iteration
+            run_case("dm", args.out, args.experts)
+    except BaseException as exc:  # record what each rank saw, for the test to read
+        (args.out / f"error_rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

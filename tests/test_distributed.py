@@ -1,0 +1,95 @@
+"""Class-sharded distillation with 2 gloo ranks on the CPU equals one process (issue: DM, DC same set; MTT same losses)."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ld3m_fast.distill import DistilledSet, distill, train_experts
+from ld3m_fast.distributed import Group, shard_classes
+from ld3m_fast.tiny import TinyLDM
+from test_distill import SMALL, toy_data
+
+WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
+sys.path.insert(0, str(WORKER.parent))
+from dist_worker import CASES  # noqa: E402
+
+
+def torchrun(case, out, experts="", timeout=240, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), case,
+           "--out", str(out), "--experts", str(experts)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    return train_experts(toy_data(), tmp_path_factory.mktemp("experts"), num_experts=2, epochs=3, width=16,
+                         batch_size=16, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, experts):
+    out = tmp_path_factory.mktemp("sharded")
+    proc = torchrun("equal", out, experts.path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_give_what_one_process_gives(sharded, experts, name):
+    space, algorithm, extra = CASES[name]
+    kw = dict(SMALL, **extra)
+    if algorithm == "mtt":
+        kw["experts"] = experts.path
+    single = distill(toy_data(), TinyLDM(seed=3) if space == "latent" else None, ipc=2, algorithm=algorithm,
+                     iterations=3, seed=2, **kw)
+    both = DistilledSet.load(sharded / name)
+    assert torch.equal(both.labels, single.labels)
+    assert [h["loss"] for h in both.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-5)
+    if algorithm != "mtt":
+        assert torch.allclose(both.images, single.images, atol=1e-5, rtol=1e-5)
+        for key in ("Z", "c"):
+            a, b = getattr(both, key), getattr(single, key)
+            assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert (sharded / f"{name}_ckpt" / "state.safetensors").is_file()  # rank 0 wrote the gathered checkpoint
+
+
+def test_ranks_that_disagree_on_the_settings_stop_with_a_message(tmp_path):
+    proc = torchrun("disagree", tmp_path)
+    assert proc.returncode != 0
+    assert "ranks disagree on the settings" in (tmp_path / "error_rank0.txt").read_text()
+
+
+def test_more_ranks_than_classes(tmp_path):
+    proc = torchrun("too_many_ranks", tmp_path)
+    assert proc.returncode != 0
+    assert "2 ranks but only 1 classes" in (tmp_path / "error_rank0.txt").read_text()
+
+
+def test_a_dying_rank_stops_the_others_instead_of_hanging(tmp_path):
+    """Launched like srun (no torchrun agent to kill the survivors): rank 0 must notice by itself."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), LD3M_FAST_DIST_TIMEOUT="60", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), "rank_dies", "--out", str(tmp_path)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    codes = [p.wait(timeout=200) for p in procs]
+    assert codes == [1, 3]  # rank 1 vanished (exit 3) and rank 0 stopped with an error instead of waiting
+    assert not (tmp_path / "error_rank1.txt").exists()
+    assert "RankLost: rank 0 lost contact with the other ranks" in (tmp_path / "error_rank0.txt").read_text()
+
+
+@pytest.mark.parametrize("classes, world", [(10, 2), (10, 3), (3, 3), (7, 4)])
+def test_class_shards_cover_every_class_once(classes, world):
+    shards = [shard_classes(classes, Group(r, world, torch.device("cpu"))) for r in range(world)]
+    assert sum(shards, []) == list(range(classes))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 
 import torch
 
-from ld3m_fast import LatentModel, as_denoiser
+from ld3m_fast.models import build_ldm
 from ld3m_fast.tiny import TinyLDM
 
 
@@ -65,23 +66,24 @@ def small_problem(n: int, latent: int = 8, channels: int = 64, seed: int = 0):
     return model, Z, c, lambda images: ((images - target) ** 2).mean()
 
 
-def cin256_problem(n: int, device: str = "cuda", seed: int = 0):
-    """The cin256-v2 architecture (diffusers UNet + VQ-f4 decoder) with random weights at 256² (64×64×3 latents)."""
-    from diffusers import UNet2DConditionModel, VQModel
+def random_cin256(device):
+    """cin256-v2 (the exact CompVis architecture) with random weights, initialised from one generator (fast), frozen."""
+    model = build_ldm("cin256-v2", device="meta").to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.1, generator=gen)
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=gen)
+    return model.requires_grad_(False).eval()
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=3, out_channels=3, block_out_channels=(192, 384, 576, 960), layers_per_block=2,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
-        up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
-        cross_attention_dim=512, attention_head_dim=(6, 12, 18, 30)).to(device).requires_grad_(False)
-    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(128, 256, 512), layers_per_block=2,
-                 latent_channels=3, num_vq_embeddings=8192, vq_embed_dim=3).to(device).requires_grad_(False)
-    embed = torch.nn.Embedding(1001, 512).to(device).requires_grad_(False)
-    model = LatentModel(as_denoiser(unet), lambda z: vq.quantize(z)[0], lambda z: vq.decode(z, force_not_quantize=True).sample,
-                        unconditional=embed.weight[-1:], latent_channels=3, module=unet)
-    Z = torch.randn(n, 3, 64, 64, device=device).requires_grad_(True)
-    c = embed(torch.arange(n, device=device) % 1000)[:, None].clone().requires_grad_(True)
-    target = torch.rand(n, 3, 256, 256, device=device)
+
+def cin256_problem(n: int, device: str = "cuda", seed: int = 0):
+    """The cin256-v2 architecture with random weights at 256² (64×64×3 latents), random learnable Z and c."""
+    model = random_cin256(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    Z = torch.randn(n, 3, 64, 64, device=device, generator=gen).requires_grad_(True)
+    c = model.get_learned_conditioning(torch.arange(n, device=device) % 1000).clone().requires_grad_(True)
+    target = torch.rand(n, 3, 256, 256, device=device, generator=gen)
     return model, Z, c, lambda images: ((images - target) ** 2).mean()

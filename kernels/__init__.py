@@ -1,18 +1,27 @@
 """Triton kernels of ld3m_fast (installed as ``ld3m_fast.kernels``).
 
-Importing this package never imports Triton: ``step_forward`` and ``step_backward`` are loaded
-on first access (PEP 562 ``__getattr__``) from ``.fused_step``. If Triton is not installed, that
-first access raises ``ImportError`` with instructions; ``import ld3m_fast.kernels`` itself
-always succeeds. Lazy loading also means ``TRITON_INTERPRET=1`` only has to be set before the
-first use of a kernel, not before ``ld3m_fast`` is imported.
+Importing this package never imports Triton: the kernels are loaded on first access (PEP 562
+``__getattr__``): ``step_forward`` and ``step_backward`` from ``.fused_step``,
+``group_norm_silu_forward`` and ``group_norm_silu_backward`` from ``.groupnorm_silu``. If Triton
+is not installed, that first access raises ``ImportError`` with instructions; ``import
+ld3m_fast.kernels`` itself always succeeds. Lazy loading also means ``TRITON_INTERPRET=1`` only
+has to be set before the first use of a kernel, not before ``ld3m_fast`` is imported.
 """
 
-__all__ = ["step_forward", "step_backward"]
+_MODULES = {
+    "step_forward": "fused_step",
+    "step_backward": "fused_step",
+    "group_norm_silu_forward": "groupnorm_silu",
+    "group_norm_silu_backward": "groupnorm_silu",
+}
+__all__ = list(_MODULES)
 
 
-def _load():
+def _load(module_name: str = "fused_step"):
+    import importlib
+
     try:
-        from . import fused_step
+        return importlib.import_module(f".{module_name}", __name__)
     except ImportError as exc:
         if getattr(exc, "name", None) and exc.name.split(".")[0] == "triton":
             raise ImportError(
@@ -20,12 +29,11 @@ def _load():
                 "on Linux). Without it use backend='torch', 'cpp' or 'cuda'."
             ) from exc
         raise
-    return fused_step
 
 
 def __getattr__(name):
-    if name in __all__:
-        return getattr(_load(), name)
+    if name in _MODULES:
+        return getattr(_load(_MODULES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

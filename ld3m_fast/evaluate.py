@@ -137,7 +137,7 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
              epochs: int | None = None, lr: float | dict | None = None, batch_size: int = 256,
              train_arch: str = "ConvNet", normalize=None, train_normalize=None, num_classes: int | None = None,
              device=None, seed: int = 0, progress: bool = True, net_kwargs: dict | None = None,
-             dsa: bool = True) -> EvalTable:
+             dsa: bool = True, distributed: bool = False) -> EvalTable:
     """Train ``repeats`` networks of each architecture on ``distilled`` and test them on ``test``.
 
     distilled: (images, labels) or an object with .images/.labels (images (N, C, H, W) floats in [0, 1]).
@@ -154,6 +154,8 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
       ({'ViT': {'depth': 4}, 'ConvNet': {'width': 64}}).
     Deterministic for a seed: network k of architecture i is initialised and trained with seed
       seed * 1_000_003 + 1000 * i + k.
+    distributed: under torchrun, deal the (architecture, repeat) jobs out to the ranks and gather one table
+      (every rank returns it); the same table as one process computes.
     """
     from tqdm.auto import tqdm
 
@@ -223,22 +225,34 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
     for a in archs:  # bad settings fail here, before any training
         get_network(a, channels, C, size, seed=0, **kwargs_for(a))
 
-    rows = []
-    bar = tqdm(total=len(archs) * repeats, desc="evaluate", disable=not progress)
-    for i, arch in enumerate(archs):
-        accs = []
-        for k in range(repeats):
-            run_seed = seed * 1_000_003 + 1000 * i + k
-            net = get_network(arch, channels, C, size, seed=run_seed, **kwargs_for(arch))
-            trained = train_network(net, x_train, y_train, epochs=epochs, lr=lr_for(arch), batch_size=batch_size,
-                                    schedule=p["schedule"], ema_decay=p["ema_decay"], dsa=dsa,
-                                    normalize=train_norm, device=device, seed=run_seed)
-            accs.append(test_accuracy(trained, x_test, y_test, batch_size=batch_size, normalize=test_norm,
-                                      device=device))
-            bar.update(1)
-            bar.set_postfix(arch=arch, acc=f"{100 * accs[-1]:.1f}%")
-        rows.append(EvalRow(arch, accs))
+    group = None
+    if distributed:
+        from .distributed import init
+
+        group = init(device)
+        device = group.device
+    jobs = [(i, k) for i in range(len(archs)) for k in range(repeats)]
+    mine = jobs if group is None else jobs[group.rank::group.world]  # (arch, repeat) jobs dealt out round-robin
+    accuracy = {}
+    bar = tqdm(total=len(mine), desc="evaluate", disable=not progress or (group is not None and not group.is_main))
+    for i, k in mine:
+        arch = archs[i]
+        run_seed = seed * 1_000_003 + 1000 * i + k
+        net = get_network(arch, channels, C, size, seed=run_seed, **kwargs_for(arch))
+        trained = train_network(net, x_train, y_train, epochs=epochs, lr=lr_for(arch), batch_size=batch_size,
+                                schedule=p["schedule"], ema_decay=p["ema_decay"], dsa=dsa,
+                                normalize=train_norm, device=device, seed=run_seed)
+        accuracy[(i, k)] = test_accuracy(trained, x_test, y_test, batch_size=batch_size, normalize=test_norm,
+                                         device=device)
+        bar.update(1)
+        bar.set_postfix(arch=arch, acc=f"{100 * accuracy[(i, k)]:.1f}%")
     bar.close()
+    if group is not None:
+        from .distributed import all_gather_objects
+
+        for part in all_gather_objects(accuracy, group):
+            accuracy.update(part)
+    rows = [EvalRow(arch, [accuracy[(i, k)] for k in range(repeats)]) for i, arch in enumerate(archs)]
     settings = dict(protocol=protocol, epochs=epochs, repeats=repeats, batch_size=batch_size, seed=seed,
                     lr={a: lr_for(a) for a in archs}, num_classes=C, image_shape=list(x_train.shape[1:]),
                     distilled_images=int(x_train.shape[0]), test_images=int(x_test.shape[0]), dsa=dsa,

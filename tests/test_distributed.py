@@ -1,4 +1,5 @@
 """Class-sharded distillation with 2 gloo ranks on the CPU equals one process (issue: DM, DC same set; MTT same losses)."""
+import json
 import os
 import socket
 import subprocess
@@ -10,12 +11,13 @@ import torch
 
 from ld3m_fast.distill import DistilledSet, distill, train_experts
 from ld3m_fast.distributed import Group, shard_classes
+from ld3m_fast.evaluate import evaluate
 from ld3m_fast.tiny import TinyLDM
 from test_distill import SMALL, toy_data
 
 WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
 sys.path.insert(0, str(WORKER.parent))
-from dist_worker import CASES  # noqa: E402
+from dist_worker import CASES, EVAL  # noqa: E402
 
 
 def torchrun(case, out, experts="", timeout=240, extra_env=None):
@@ -57,6 +59,13 @@ def test_two_ranks_give_what_one_process_gives(sharded, experts, name):
             a, b = getattr(both, key), getattr(single, key)
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     assert (sharded / f"{name}_ckpt" / "state.safetensors").is_file()  # rank 0 wrote the gathered checkpoint
+
+
+def test_evaluation_jobs_spread_over_two_ranks_give_one_table(sharded):
+    single = evaluate(toy_data(), toy_data(seed=1, per_class=4), **EVAL)
+    both = json.loads((sharded / "eval.json").read_text())
+    assert [r["accuracies"] for r in both["rows"]] == [r.accuracies for r in single.rows]
+    assert [r["arch"] for r in both["rows"]] == ["ConvNet", "AlexNet"]
 
 
 def test_ranks_that_disagree_on_the_settings_stop_with_a_message(tmp_path):

@@ -11,8 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_distill import SMALL, toy_data  # noqa: E402
 
 from ld3m_fast.distill import distill  # noqa: E402
+from ld3m_fast.evaluate import evaluate  # noqa: E402
 from ld3m_fast.tiny import TinyLDM  # noqa: E402
 
+EVAL = dict(archs=("ConvNet", "AlexNet"), repeats=2, epochs=2, net_kwargs={"width": 16}, progress=False, seed=3)
 CASES = {  # name -> (space, algorithm, extra knobs)
     "dm": ("latent", "dm", {}),
     "dc": ("pixel", "dc", dict(outer_loop=2, inner_loop=1)),
@@ -43,6 +45,9 @@ def main():
                 result = run_case(name, args.out, args.experts)
                 if rank == 0:
                     result.save(args.out / name)
+            table = evaluate(toy_data(), toy_data(seed=1, per_class=4), **EVAL, distributed=True)
+            if rank == 0:
+                (args.out / "eval.json").write_text(table.to_json())
         elif args.case == "disagree":
             run_case("dm", args.out, args.experts, seed=2 + rank)
         elif args.case == "too_many_ranks":

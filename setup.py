@@ -138,7 +138,8 @@ setup(
     python_requires=">=3.10",
     packages=sorted(set(find_packages(include=["ld3m_fast", "ld3m_fast.*"])) | {"ld3m_fast.kernels"}),
     package_dir={"ld3m_fast.kernels": "kernels"},
-    package_data={"ld3m_fast.data": ["imagenet_classes.txt", "embedded/fashion-mnist/*"]},
+    package_data={"ld3m_fast.data": ["imagenet_classes.txt", "embedded/fashion-mnist/*"],
+                  "ld3m_fast": ["priors/*.safetensors", "priors/*.json", "priors/*.png"]},
     install_requires=["torch", "safetensors", "tqdm", "diffusers", "Pillow", "numpy"],
     extras_require={
         "triton": ["triton"],

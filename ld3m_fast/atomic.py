@@ -1,10 +1,12 @@
-"""Atomic file writes: write to a temporary name beside the target, then rename onto it.
+"""Atomic file writes: write to a unique temporary file beside the target, then rename onto it.
 
-A run killed mid-write leaves the previous file (or none), never a truncated one.
+A run killed mid-write leaves the previous file (or none), never a truncated one; several
+processes writing the same file (ranks of a distributed run) never see each other's half-files.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -12,11 +14,12 @@ from typing import Callable
 def write_atomic(path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` (the temporary name keeps the suffix)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        write(str(tmp))
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

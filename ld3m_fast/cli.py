@@ -203,7 +203,8 @@ def _train_prior(args) -> int:
     start = time.perf_counter()
     model = train_prior(train, out, config=args.config, vq_epochs=args.vq_epochs, unet_epochs=args.unet_epochs,
                         batch_size=args.batch_size, seed=args.seed, device=args.device,
-                        checkpoint_dir=args.checkpoint_dir or out.with_suffix(".training"), progress=not args.quiet)
+                        checkpoint_dir=args.checkpoint_dir or out.with_suffix(".training"),
+                        save_dtype=getattr(torch, args.save_dtype), progress=not args.quiet)
     seconds = time.perf_counter() - start
     report = prior_report(model, train, test, seed=args.seed, device=args.device, progress=not args.quiet)
     grid = out.with_name(out.stem + "_samples.png")
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None)
     t.add_argument("--checkpoint-dir", default=None, help="training state, for resuming (default: <out>.training)")
+    t.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="dtype of the saved weights (float16 halves the file)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train_prior)
 

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from .data.pairs import image_label_pair
 from .nets import get_network, network_family, parse_network_name
 from .train_net import check_images_labels, test_accuracy, train_network
 
@@ -96,28 +97,14 @@ class EvalTable:
 
 def _as_pair(obj, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) from a tuple, an object with .images/.labels, or a map-style dataset of (image, label)."""
-    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], torch.Tensor):
-        images, labels = obj
-    elif hasattr(obj, "images") and hasattr(obj, "labels"):
-        images, labels = obj.images, obj.labels
-    elif hasattr(obj, "__getitem__") and hasattr(obj, "__len__"):
-        if len(obj) == 0:
-            raise ValueError(f"{name} is empty")
-        items = [obj[i] for i in range(len(obj))]
-        try:
-            images = torch.stack([torch.as_tensor(im) for im, _ in items])
-            labels = torch.as_tensor([int(lab) for _, lab in items])
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name}: a dataset must yield (image tensor (C, H, W), integer label) pairs ({e})") from None
-    else:
-        raise TypeError(f"{name} must be (images, labels), an object with .images and .labels, or a map-style "
-                        f"dataset of (image, label); got {type(obj).__name__}")
-    if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels)
-    if isinstance(images, torch.Tensor):
-        images = images.detach()
+    images, labels = image_label_pair(obj, name)
     check_images_labels(images, labels, f"{name} images", f"{name} labels")
-    return images, labels.detach()
+    return images, labels
+
+
+def _has_normalization(obj) -> bool:
+    return (getattr(obj, "mean", None) is not None and getattr(obj, "std", None) is not None
+            and not callable(obj.mean) and not callable(obj.std))
 
 
 def _normalization(normalize, test, test_images: torch.Tensor):
@@ -126,8 +113,7 @@ def _normalization(normalize, test, test_images: torch.Tensor):
         return None
     if normalize is not None:
         return normalize
-    if getattr(test, "mean", None) is not None and getattr(test, "std", None) is not None \
-            and not callable(test.mean) and not callable(test.std):
+    if _has_normalization(test):
         return (test.mean, test.std)
     x = test_images.double() / (255 if test_images.dtype == torch.uint8 else 1)
     return (x.mean(dim=(0, 2, 3)).float().tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).float().tolist())
@@ -146,7 +132,8 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
       x0.1 at the half, no EMA). ``epochs`` and ``lr`` (a number or a dict arch -> lr) override the protocol.
     normalize: (mean, std) for train and test images; None: test.mean/test.std or the test images' per-channel
       statistics; False: no normalisation. train_normalize: a different (mean, std) for the distilled images
-      (the GLaD/LD3M code normalises its synthetic images with (0.4377, 0.4438, 0.4728), (0.229, 0.224, 0.225)).
+      (the GLaD/LD3M code normalises its synthetic images with (0.4377, 0.4438, 0.4728), (0.229, 0.224, 0.225));
+      None with normalize=None: distilled.mean/distilled.std when it has them (a DistilledSet does).
     num_classes: default: ``distilled.num_classes`` if it exists, else the distilled set's max label + 1; every
       class needs at least one distilled image.
     train_arch: the architecture used for distillation; the others are 'unseen'.
@@ -219,6 +206,8 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
         return {}
 
     test_norm = _normalization(normalize, test, x_test)
+    if train_normalize is None and normalize is None and _has_normalization(distilled):
+        train_normalize = (distilled.mean, distilled.std)  # e.g. a DistilledSet: what its loss saw
     train_norm = test_norm if train_normalize is None else (None if train_normalize is False else train_normalize)
     channels, size = x_train.shape[1], (x_train.shape[2], x_train.shape[3])
     size = size[0] if size[0] == size[1] else size

@@ -16,6 +16,7 @@ checkpoints after every epoch (``checkpoint_dir``) and continues from there when
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -95,11 +96,13 @@ def _save_state(path: Path, state: dict) -> None:
 
 def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epochs: int = 40, batch_size: int = 128,
                 vq_lr: float = 1e-3, unet_lr: float = 5e-4, class_dropout: float = 0.1, ema_decay: float = 0.999,
-                seed: int = 0, device=None, checkpoint_dir=None, progress: bool = True):
+                seed: int = 0, device=None, checkpoint_dir=None, save_dtype: torch.dtype = torch.float32,
+                progress: bool = True):
     """Train a class-conditional LDM on ``dataset`` (an ``ImageDataset`` or a dataset name) and save it to ``out``.
 
     ``config``: an architecture of ``ld3m_fast.models`` (name or ``LDMConfig``); its image size, channels and
-    number of classes are set from the data. Returns the trained model (frozen, eval mode).
+    number of classes are set from the data. ``save_dtype``: the dtype of the saved weights (float16 halves the
+    file; ``load_ldm`` converts back to float32). Returns the trained model (frozen, eval mode, float32).
     """
     from .models import build_ldm, get_config, save_ldm
 
@@ -135,6 +138,9 @@ def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epoch
         for s, t in zip(ema.shadow, state["ema"]):
             s.copy_(t)
         done_vq, done_unet, history = state["done_vq"], state["done_unet"], list(state["history"])
+        if done_unet and done_vq < vq_epochs:
+            raise ValueError(f"{state_path} finished the autoencoder after {done_vq} epochs and has trained the UNet "
+                             f"on it; vq_epochs={vq_epochs} cannot be reached any more: use another checkpoint_dir")
 
     def checkpoint():
         if state_path is None:
@@ -217,7 +223,8 @@ def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epoch
     model.eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda p: save_ldm(model, p))
+    saved = model if save_dtype == torch.float32 else copy.deepcopy(model).to(save_dtype)
+    write_atomic(out, lambda p: save_ldm(saved, p))
     model.training_history = history
     return model
 
@@ -258,19 +265,23 @@ def reconstruction_error(model, images_uint8: torch.Tensor, batch_size: int = 51
 
 
 def prior_report(model, train, test, *, samples_per_class: int = 100, steps: int = 50, guidance: float = 3.0,
-                 classifier_epochs: int = 20, seed: int = 0, device=None, progress: bool = True) -> dict:
+                 classifier_images_per_class: int = 400, classifier_epochs: int = 20, classifier_width: int = 64,
+                 seed: int = 0, device=None, progress: bool = True) -> dict:
     """How good a prior is: autoencoder reconstruction error on ``test``, and the accuracy a ConvNet trained on real
-    ``train`` images reaches on real ``test`` images and on the prior's class-conditional samples.
+    ``train`` images (``classifier_images_per_class`` random ones per class) reaches on real ``test`` images and on
+    the prior's class-conditional samples.
 
     Returns the numbers and the samples (images in [0, 1] and their labels)."""
     from .evaluate import default_lr
     from .nets import get_network
     from .train_net import test_accuracy, train_network
 
-    train, test = _as_dataset(train), _as_dataset(test)
+    test = _as_dataset(test)
+    train = _as_dataset(train).per_class(classifier_images_per_class, seed=seed)
     labels = torch.arange(train.num_classes).repeat_interleave(samples_per_class)
     samples = sample_prior(model, labels, steps=steps, guidance=guidance, seed=seed)
-    net = get_network("ConvNet", train.channels, train.num_classes, train.resolution, seed=derive_seed(seed, "clf"))
+    net = get_network("ConvNet", train.channels, train.num_classes, train.resolution, width=classifier_width,
+                      seed=derive_seed(seed, "clf"))
     net = train_network(net, train.images, train.labels, epochs=classifier_epochs, lr=default_lr("ConvNet", "dc"),
                         schedule="dc", normalize=(train.mean, train.std), device=device, seed=seed, progress=progress)
     norm = (train.mean, train.std)
@@ -278,4 +289,5 @@ def prior_report(model, train, test, *, samples_per_class: int = 100, steps: int
             "classifier_accuracy_real_test": test_accuracy(net, test.images, test.labels, normalize=norm, device=device),
             "classifier_accuracy_samples": test_accuracy(net, samples, labels, normalize=norm, device=device),
             "samples_per_class": samples_per_class, "sampling_steps": steps, "guidance": guidance,
-            "classifier_epochs": classifier_epochs, "samples": samples, "sample_labels": labels}
+            "classifier_images_per_class": classifier_images_per_class, "classifier_epochs": classifier_epochs,
+            "classifier_width": classifier_width, "samples": samples, "sample_labels": labels}

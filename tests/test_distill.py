@@ -168,6 +168,16 @@ def test_eval_every_records_a_table(data):
     assert 0.0 <= evals[0]["eval"]["rows"][0]["mean"] <= 1.0
 
 
+def test_evaluate_trains_on_a_distilled_set_with_its_own_normalisation(data):
+    from ld3m_fast.evaluate import evaluate
+    result = distill(data, TinyLDM(seed=3), ipc=1, iterations=1, **SMALL)
+    table = evaluate(result, toy_data(seed=1, per_class=3), archs=("ConvNet",), repeats=1, epochs=1, progress=False,
+                     net_kwargs={"width": 16})
+    mean, std = table.settings["train_normalize"]
+    assert mean == pytest.approx(list(result.mean)) and std == pytest.approx(list(result.std))
+    assert table.settings["train_normalize"] != table.settings["normalize"]
+
+
 def test_latent_init_encodes_real_images_and_embeds_classes(data, model):
     run = prepare(data, model, ipc=1, **KNOBS)
     Z, c = run.ctx.synthetic.Z, run.ctx.synthetic.c

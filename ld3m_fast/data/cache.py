@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from ..atomic import write_atomic
 
 CACHE_ENV = "LD3M_FAST_CACHE"
 CACHE_FORMAT = 1  # bump when the decoding changes, so old entries are not reused
@@ -98,19 +99,12 @@ def save_cached(path: Path, key: str, images: torch.Tensor, labels: torch.Tensor
     """Write the cache file atomically (temporary file + rename); warn and return False on failure."""
     from safetensors.torch import save_file
 
-    tmp = None
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file({"images": images.contiguous(), "labels": labels.contiguous()}, tmp,
-                  metadata={"ld3m_fast": json.dumps({**meta, "key": key})})
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"ld3m_fast": json.dumps({**meta, "key": key})}))
         return True
     except Exception as exc:  # a cache that cannot be written must not stop the run
         warnings.warn(f"ld3m_fast.data: could not write the cache file {path} ({exc}); continuing "
                       "without caching", stacklevel=3)
         return False
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.pairs import image_label_pair
+
 
 @dataclass
 class RealData:
@@ -78,34 +80,20 @@ def _check_images_and_labels(images, labels, name):
 
 
 def as_real_data(train, num_classes: int | None = None, *, name: str = "train") -> RealData:
-    """Turn ``train`` into :class:`RealData`; checks labels lie in ``0..C−1`` and every class has images."""
+    """Turn ``train`` (any form of ``ld3m_fast.data.image_label_pair``, or a dataset name) into :class:`RealData`;
+    checks labels lie in ``0..C−1`` and every class has images."""
     mean = std = class_ids = None
     class_names = None
     set_name = name
     if isinstance(train, str):
         from ..data import load_dataset
         train = load_dataset(train)
-    if isinstance(train, (tuple, list)) and len(train) == 2 and isinstance(train[0], torch.Tensor):
-        images, labels = _check_images_and_labels(train[0], train[1], name)
-    elif hasattr(train, "images") and hasattr(train, "labels"):
-        images, labels = _check_images_and_labels(train.images, train.labels, name)
+    images, labels = _check_images_and_labels(*image_label_pair(train, name), name)
+    if hasattr(train, "images"):
         mean, std = getattr(train, "mean", None), getattr(train, "std", None)
         class_names = getattr(train, "class_names", None)
         class_ids = getattr(train, "imagenet_ids", None)
         set_name = getattr(train, "name", name)
-    elif hasattr(train, "__getitem__") and hasattr(train, "__len__"):
-        if len(train) == 0:
-            raise ValueError(f"{name}: the dataset is empty")
-        items = [train[i] for i in range(len(train))]
-        try:
-            images = torch.stack([torch.as_tensor(x) for x, _ in items])
-            labels = torch.as_tensor([int(y) for _, y in items])
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"{name}: a dataset must give (image tensor C×H×W, int label) pairs of one size ({exc})") from exc
-        images, labels = _check_images_and_labels(images, labels, name)
-    else:
-        raise TypeError(f"{name} must be a pair (images, labels), a dataset of (image, label) or a dataset name, "
-                        f"got {type(train).__name__}")
     if num_classes is None:
         num_classes = len(class_names) if class_names else int(labels.max()) + 1
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:

@@ -44,6 +44,17 @@ def _model_device_dtype(model):
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
+def initial_real_indices(real: RealData, ipc: int, seed: int, k: int) -> torch.Tensor:
+    """The ``ipc`` random real images of class ``k`` a run with ``seed`` starts from (``init="real"``), latent or pixel.
+
+    Also the fair "random real subset" baseline: the very images distillation started from."""
+    idx = real.indices[k]
+    if idx.numel() < ipc:
+        raise ValueError(f"ipc={ipc} is larger than class {k} ({real.class_names[k]!r}), which has "
+                         f"{idx.numel()} real images; use ipc <= {idx.numel()} or init='noise'")
+    return idx[torch.randperm(idx.numel(), generator=generator(seed, "init", k))[:ipc]]
+
+
 class _SyntheticSet:
     """``ipc`` images for each of ``classes`` (all classes unless the run is sharded), in class order.
 
@@ -60,11 +71,7 @@ class _SyntheticSet:
 
     def initial_picks(self, k: int) -> torch.Tensor:
         """Indices of the ``ipc`` random real images class ``k`` starts from."""
-        idx = self.real.indices[k]
-        if idx.numel() < self.cfg.ipc:
-            raise ValueError(f"ipc={self.cfg.ipc} is larger than class {k} ({self.real.class_names[k]!r}), which has "
-                             f"{idx.numel()} real images; use ipc <= {idx.numel()} or init='noise'")
-        return idx[torch.randperm(idx.numel(), generator=generator(self.cfg.seed, "init", k))[:self.cfg.ipc]]
+        return initial_real_indices(self.real, self.cfg.ipc, self.cfg.seed, k)
 
     def class_noise(self, shape, *keys) -> torch.Tensor:
         """Standard normal noise of ``(ipc, *shape)`` per class, concatenated, from (seed, keys, class)."""

@@ -66,6 +66,19 @@ def small_problem(n: int, latent: int = 8, channels: int = 64, seed: int = 0):
     return model, Z, c, lambda images: ((images - target) ** 2).mean()
 
 
+def prior_problem(n: int, seed: int = 0):
+    """The shipped Fashion-MNIST LDM (1.7 M-parameter diffusers UNet, 7×7×3 latents, 28² images), random Z and c."""
+    from ld3m_fast.demo import prior_path
+    from ld3m_fast.models import load_ldm
+
+    model = load_ldm(prior_path())
+    gen = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, 3, 7, 7, generator=gen).requires_grad_(True)
+    c = model.get_learned_conditioning(torch.arange(n) % 10).clone().requires_grad_(True)
+    target = torch.rand(n, 1, 28, 28, generator=gen)
+    return model, Z, c, lambda images: ((images - target) ** 2).mean()
+
+
 def random_cin256(device):
     """cin256-v2 (the exact CompVis architecture) with random weights, initialised from one generator (fast), frozen."""
     model = build_ldm("cin256-v2", device="meta").to_empty(device=device)

@@ -1,12 +1,13 @@
 """``render`` forward + backward vs the official-style reference (``ld3m_fast.reference``): time and peak memory.
 
-CPU: the small LDM of ``measure.small_problem`` (0.9 M-parameter UNet, 8×8×3 latents), N = 20, S ∈ {10, 100}. GPU: the cin256-v2 architecture at 256², N = 10, S ∈ {10, 20, 50}.
+CPU: the small LDM of ``measure.small_problem`` (0.9 M-parameter UNet, 8×8×3 latents) and the shipped
+Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents), N = 20, S ∈ {10, 100}. GPU: the cin256-v2 architecture at 256², N = 10, S ∈ {10, 20, 50}.
 """
 import pytest
 import torch
 
 from ld3m_fast import reference, render
-from measure import cin256_problem, peak_memory, small_problem
+from measure import cin256_problem, peak_memory, prior_problem, small_problem
 
 
 def engine_step(model, Z, c, loss_fn, steps):
@@ -40,6 +41,13 @@ def run_case(benchmark, problem, device, impl, steps, rounds):
 def test_render_small_cpu(benchmark, impl, steps):
     benchmark.group = f"render fwd+bwd, small LDM, N=20, 8x8x3 latents, S={steps}, cpu"
     run_case(benchmark, small_problem(20), "cpu", impl, steps, rounds=3)
+
+
+@pytest.mark.parametrize("steps", [10, 100])
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_render_prior_cpu(benchmark, impl, steps):
+    benchmark.group = f"render fwd+bwd, Fashion-MNIST prior, N=20, 7x7x3 latents, S={steps}, cpu"
+    run_case(benchmark, prior_problem(20), "cpu", impl, steps, rounds=3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -6,9 +6,14 @@ steps in reverse, one chunk of images at a time: it applies the fused step's bac
 that step's (guided) denoiser call with gradients, and pulls the gradient through it with one
 vector-Jacobian product. Cost: 1 forward + 1 recomputed forward + 1 backward of the denoiser per
 step; memory: one denoiser call's activations for one chunk, whatever the number of steps.
+
+Where memory allows, ``keep_steps`` names steps whose denoiser calls run with gradients already in
+the forward pass (in backward chunks) and keep their graphs: backward then reuses them instead of
+recomputing — one denoiser forward less per kept step, for one call's activations per image kept.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +38,7 @@ class ChainSettings:
     progress: bool = False
     callback: Callable[[int], None] | None = None  # called with the step index after each forward step
     forward_chunk_size: int | None = None  # images per no-grad denoiser call in forward (default: chunk_size)
+    keep_steps: frozenset[int] = frozenset()  # steps whose graphs forward keeps for backward (no recomputation)
 
     @property
     def guided(self) -> bool:
@@ -46,6 +52,19 @@ class ChainSettings:
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def _denoiser_graph(cfg: ChainSettings, z, context, uc, tau, need_ctx):
+    """One (guided) denoiser call with gradients: ``(z_in, c_in, out)``, ``out`` = ``[eps_u; eps_c]`` (or ``eps``)."""
+    with torch.enable_grad():
+        z_in = z.detach().requires_grad_(True)
+        c_in = context.detach().requires_grad_(need_ctx)
+        t = torch.full((z_in.shape[0],), tau, device=z_in.device, dtype=torch.long)
+        if uc is None:
+            out = cfg.denoiser(z_in, t, c_in)
+        else:
+            out = cfg.denoiser(torch.cat([z_in, z_in]), torch.cat([t, t]), torch.cat([uc, c_in]))
+    return z_in, c_in, out
 
 
 def guided_eps(denoiser: Denoiser, z, t, context, unconditional):
@@ -67,6 +86,8 @@ class _ReverseChain(torch.autograd.Function):
         latents = z_start.new_empty((steps, *z_start.shape))
         z = z_start.detach().contiguous()
         bar = tqdm(total=steps, desc="render", disable=not cfg.progress, leave=False)
+        keep = cfg.keep_steps if any(ctx.needs_input_grad[:3]) else frozenset()
+        kept = {}  # (step, chunk start) -> (z_in, c_in, out): graphs backward reuses
         for i, tau in enumerate(cfg.schedule.timesteps):
             coef = cfg.coefficients(i)
             latents[i].copy_(z)
@@ -74,9 +95,14 @@ class _ReverseChain(torch.autograd.Function):
             if coef.sigma:
                 noise = torch.randn(z.shape, generator=cfg.generator, dtype=z.dtype).to(z.device)
             z_next = torch.empty_like(z)
-            for sl in _chunks(n, cfg.forward_chunk_size or cfg.chunk_size):
-                t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
-                eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
+            for sl in _chunks(n, cfg.chunk_size if i in keep else (cfg.forward_chunk_size or cfg.chunk_size)):
+                if i in keep:
+                    kept[(i, sl.start)] = graph = _denoiser_graph(cfg, z[sl], context[sl], None if uc is None else uc[sl],
+                                                                  tau, ctx.needs_input_grad[2])
+                    eps_u, eps_c = (graph[2].detach(), graph[2].detach()) if uc is None else graph[2].detach().chunk(2)
+                else:
+                    t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
+                    eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
                 a = z[sl] if anchor_c is None else anchor_c[sl]
                 z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
                                              None if noise is None else noise[sl], coef, False)
@@ -85,7 +111,7 @@ class _ReverseChain(torch.autograd.Function):
             if cfg.callback is not None:
                 cfg.callback(i)
         bar.close()
-        ctx.cfg, ctx.impl, ctx.latents = cfg, impl, latents
+        ctx.cfg, ctx.impl, ctx.latents, ctx.kept = cfg, impl, latents, kept
         ctx.has_anchor = anchor is not None
         ctx.save_for_backward(context)
         return z
@@ -107,17 +133,12 @@ class _ReverseChain(torch.autograd.Function):
                 g_direct, g_eps, g_anchor = impl.backward(gz, None, cfg.coefficients(i))
                 if grad_anchor is not None:
                     grad_anchor[sl] += g_anchor
-                with torch.enable_grad():
-                    z_in = latents[i, sl].detach().requires_grad_(True)
-                    c_in = context[sl].detach().requires_grad_(need_ctx)
-                    t = torch.full((z_in.shape[0],), cfg.schedule.timesteps[i], device=z_in.device, dtype=torch.long)
-                    if uc is None:
-                        out, g_out = cfg.denoiser(z_in, t, c_in), g_eps[1]
-                    else:
-                        out = cfg.denoiser(torch.cat([z_in, z_in]), torch.cat([t, t]), torch.cat([uc[sl], c_in]))
-                        g_out = g_eps.view_as(out)
-                    inputs = (z_in, c_in) if need_ctx else (z_in,)
-                    grads = torch.autograd.grad(out, inputs, g_out, allow_unused=True)
+                kept = ctx.kept.pop((i, sl.start), None)  # a graph the forward kept, else recompute the call
+                z_in, c_in, out = kept or _denoiser_graph(cfg, latents[i, sl], context[sl], None if uc is None else uc[sl],
+                                                          cfg.schedule.timesteps[i], need_ctx)
+                g_out = g_eps[1] if uc is None else g_eps.view_as(out)
+                inputs = (z_in, c_in) if need_ctx else (z_in,)
+                grads = torch.autograd.grad(out, inputs, g_out, allow_unused=True)
                 gz = g_direct if grads[0] is None else g_direct + grads[0]
                 if need_ctx and grads[1] is not None:
                     grad_ctx[sl] += grads[1]
@@ -134,4 +155,6 @@ def reverse_chain(z_start: torch.Tensor, anchor: torch.Tensor | None, context: t
     ``anchor`` is the skip target (``Zq`` for ``skip="official"``, ``z_start`` itself for ``"paper"``,
     ``None`` for ``"none"``). Returns the final latent ``z_0``.
     """
+    if not torch.is_grad_enabled() and settings.keep_steps:  # no backward will come: keep no graphs
+        settings = dataclasses.replace(settings, keep_steps=frozenset())
     return _ReverseChain.apply(z_start, anchor, context, settings)

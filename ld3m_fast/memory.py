@@ -1,10 +1,11 @@
-"""Memory budgets: parse them, measure what one image costs, and choose the chunk size.
+"""Memory budgets: parse them, measure what one image costs, choose the chunk size and the kept steps.
 
 The cost of one image is measured, not guessed: one guided denoiser call and one decode run on a
 single latent with gradients, while a saved-tensor hook adds up the bytes autograd keeps for
 backward. That works on any device and for any model. The chunk is the largest number of images
 whose activations, with a safety factor for backward's temporaries, fit beside what the rendering
-keeps for all images (the per-step latents and the images).
+keeps for all images (the per-step latents and the images); memory left once every image fits in
+one chunk keeps the graphs of whole steps, so that backward need not recompute them.
 """
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ def plan_chunk_size(n_images: int, budget: int, per_image_bytes: int, fixed_byte
             f"{_fmt(fixed_bytes)} for latents and images plus about {_fmt(BACKWARD_SAFETY * per_image_bytes)} per image "
             f"in a chunk, so at least {_fmt(need_one)}. Raise memory_budget, or use fewer steps or images")
     return int(max(1, min(n_images, (budget - fixed_bytes) // (BACKWARD_SAFETY * per_image_bytes))))
+
+
+def plan_rendering(n_images: int, steps: int, budget: int, unet_bytes: int, decoder_bytes: int,
+                   fixed_bytes: int) -> tuple[int, int]:
+    """``(chunk, kept_steps)`` for a budget: the largest chunk that fits (``plan_chunk_size``); once all images fit
+    in one chunk, what is left keeps whole steps' denoiser graphs (``unet_bytes`` per image each), which spares
+    their recomputation in backward."""
+    chunk = plan_chunk_size(n_images, budget, max(unet_bytes, decoder_bytes), fixed_bytes)
+    if chunk < n_images or unet_bytes <= 0:
+        return chunk, 0
+    left = budget - fixed_bytes - BACKWARD_SAFETY * n_images * max(unet_bytes, decoder_bytes)
+    return chunk, int(max(0, min(steps, left // (n_images * unet_bytes))))
 
 
 def _fmt(n: float) -> str:

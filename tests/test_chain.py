@@ -126,3 +126,30 @@ def test_fixed_seed_is_deterministic_and_seeds_differ(model32):
     b = render(model32, Z, c, 5, seed=1)
     d = render(model32, Z, c, 5, seed=2)
     assert torch.equal(a, b) and not torch.equal(a, d)
+
+
+@pytest.mark.parametrize("keep", [1, 4, 10])
+def test_kept_steps_give_the_same_gradients_with_fewer_denoiser_calls(model64, keep):
+    parts = as_latent_model(model64)
+    counter = CountingDenoiser(parts.denoiser)
+    model = LatentModel(counter, parts.quantize, parts.decode, parts.unconditional, parts.alphas_cumprod, latent_channels=3)
+    Z, c, w = make_inputs(model64, 5, torch.float64, seed=6)
+    images = render(model, Z, c, 10, seed=3, chunk_size=2, keep_steps=keep)
+    forward_grad_calls = sum(grad for _, grad in counter.calls)
+    assert forward_grad_calls == keep * 3  # kept steps run with gradients in forward, in backward chunks (2, 2, 1)
+    gZ, gc = grads(images, w, Z, c)
+    backward_calls = sum(grad for _, grad in counter.calls) - forward_grad_calls
+    assert backward_calls == (10 - keep) * 3  # only the other steps are recomputed
+    ref = reference.render_unrolled(model64, Z, c, 10, noise=start_noise(Z, make_generator(3)))
+    rZ, rc = grads(ref, w, Z, c)
+    assert rel_err(gZ, rZ) < 1e-10 and rel_err(gc, rc) < 1e-10
+
+
+def test_kept_steps_without_gradients_keep_nothing(model32):
+    parts = as_latent_model(model32)
+    counter = CountingDenoiser(parts.denoiser)
+    model = LatentModel(counter, parts.quantize, parts.decode, parts.unconditional, latent_channels=3)
+    Z, c, _ = make_inputs(model32, 3, torch.float32)
+    with torch.no_grad():
+        render(model, Z, c, 5, seed=0, keep_steps=5)
+    assert not any(grad for _, grad in counter.calls)

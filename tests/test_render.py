@@ -84,3 +84,26 @@ def test_memory_budget_chooses_the_chunk_and_refuses_too_small_budgets():
     render(model, Z, c, 2, memory_budget=budget, seed=0).sum().backward()
     sizes = {b for b, grad in counter.calls if grad and b > 2}  # b == 2 is the planner's one-image probe
     assert sizes and max(sizes) < 12  # the budget forced smaller chunks
+
+
+def test_plan_rendering_keeps_steps_only_when_every_image_fits_one_chunk():
+    from ld3m_fast.memory import plan_rendering
+    # 4 images, 10 bytes per image and call, 100 fixed: one chunk needs 100 + 2*4*10 = 180
+    assert plan_rendering(4, 10, budget=179, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (3, 0)
+    assert plan_rendering(4, 10, budget=180 + 39, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 0)
+    assert plan_rendering(4, 10, budget=180 + 80, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 2)
+    assert plan_rendering(4, 10, budget=10**6, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 10)
+
+
+def test_a_large_budget_keeps_steps_and_matches_the_unbudgeted_gradient():
+    tiny = TinyLDM(seed=7).double()
+    parts = as_latent_model(tiny)
+    counter = CountingDenoiser(parts.denoiser)
+    model = LatentModel(counter, parts.quantize, parts.decode, parts.unconditional, parts.alphas_cumprod, latent_channels=3)
+    Z, c, w = make_inputs(tiny, 3, torch.float64)
+    rendered = render(model, Z, c, 4, memory_budget="4GiB", seed=0)
+    g_budget = torch.autograd.grad((rendered * w).sum(), (Z, c))
+    calls = [b for b, grad in counter.calls if grad]
+    assert calls.count(6) == 4  # all 4 steps kept (one guided call of 3 images each), none recomputed
+    g_plain = torch.autograd.grad((render(tiny, Z, c, 4, seed=0) * w).sum(), (Z, c))
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(g_budget, g_plain))

@@ -100,3 +100,42 @@ def cin256_problem(n: int, device: str = "cuda", seed: int = 0):
     c = model.get_learned_conditioning(torch.arange(n, device=device) % 1000).clone().requires_grad_(True)
     target = torch.rand(n, 3, 256, 256, device=device, generator=gen)
     return model, Z, c, lambda images: ((images - target) ** 2).mean()
+
+
+def bf16_matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
+    """Measured dense bf16 matmul throughput of this GPU (TFLOP/s)."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def copy_bandwidth_gbs(n_bytes: int = 2**30, iters: int = 20) -> float:
+    """Measured device-to-device copy bandwidth of this GPU (GB/s, bytes read + written)."""
+    src = torch.empty(n_bytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n_bytes * iters / (start.elapsed_time(end) / 1e3) / 1e9

@@ -20,35 +20,12 @@ import pytest
 import torch
 
 from ld3m_fast.models import optimize
-from measure import peak_memory, random_cin256
+from measure import bf16_matmul_peak_tflops, count_flops, peak_memory, random_cin256
 
 CUDA = torch.cuda.is_available()
 PLAIN = dict(bf16=False, fused_groupnorm_silu=False, channels_last=False, attention="sdpa",
              checkpoint_decoder=False, checkpoint_unet=False)
 VARIANTS = {"fp32-eager": PLAIN, "optimized": {}}
-
-
-def bf16_matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
-    """Measured dense bf16 matmul throughput of this GPU (TFLOP/s)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
-
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 @pytest.fixture(scope="module")

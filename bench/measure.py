@@ -16,8 +16,8 @@ def _return_freed_memory_to_the_os() -> None:
 
     glibc keeps freed blocks in its heap and reuses them, so the resident set of a process that
     has already run a big step no longer grows when it runs it again. Serving every allocation of
-    64 KiB or more with its own ``mmap`` (released on free) and trimming the heap top at once makes
-    the resident set rise and fall with the tensors that are alive.
+    64 KiB or more with its own ``mmap`` (released on free), trimming the heap top at once and
+    releasing what is already free makes the resident set rise and fall with the tensors that are alive.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -26,6 +26,10 @@ def _return_freed_memory_to_the_os() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 64 * 1024)
     libc.mallopt(m_trim_threshold, 0)
+    libc.malloc_trim(0)  # give back what earlier runs freed into the heap
+
+
+_return_freed_memory_to_the_os()  # at import, before any tensor of a benchmark is allocated
 
 
 def _status_kib(key: str) -> int:

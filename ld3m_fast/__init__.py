@@ -22,6 +22,7 @@ from .evaluate import EvalTable, evaluate
 from .models import LDMConfig, build_ldm, load_ldm, optimize, save_ldm
 from .distill import DistillationDiverged, DistilledSet, ExpertBuffer, distill, train_experts
 from .prior import sample_prior, train_prior
+from . import demo
 
 __version__ = "0.1.0"
 __all__ = ["render", "DDIMSampler", "patch_ldm", "LatentModel", "as_denoiser", "as_latent_model",
@@ -29,4 +30,4 @@ __all__ = ["render", "DDIMSampler", "patch_ldm", "LatentModel", "as_denoiser", "
            "data", "ImageDataset", "load_dataset", "nets", "NETWORKS", "get_network", "DSA_STRATEGY", "DSAParams",
            "dsa", "train_network", "test_accuracy", "EvalTable", "evaluate", "LDMConfig", "build_ldm", "load_ldm",
            "optimize", "save_ldm", "distill", "train_experts", "ExpertBuffer", "DistilledSet", "DistillationDiverged",
-           "train_prior", "sample_prior"]
+           "train_prior", "sample_prior", "demo"]

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` (the temporary name keeps the suffix)."""
     path = Path(path)
@@ -18,6 +24,7 @@ def write_atomic(path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a new file's usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -247,3 +247,26 @@ def test_experts_resume_and_record_every_epoch(data, experts, tmp_path):
     assert first.shape == last.shape and not torch.equal(first, last)
     again = train_experts(data, experts.path, num_experts=3, epochs=3, width=16, batch_size=16, seed=0, progress=False)
     assert len(again) == 3 and torch.equal(again.read(0, [3])[0], last)  # kept, not retrained
+
+
+def test_atomic_writes_leave_the_old_file_and_use_the_usual_mode(tmp_path):
+    import os
+
+    from ld3m_fast.atomic import write_atomic
+    target = tmp_path / "f.txt"
+    write_atomic(target, lambda p: open(p, "w").write("one"))
+    assert target.read_text() == "one" and (os.stat(target).st_mode & 0o777) == 0o666 & ~_umask()
+
+    def fails(p):
+        open(p, "w").write("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        write_atomic(target, fails)
+    assert target.read_text() == "one" and [f.name for f in tmp_path.iterdir()] == ["f.txt"]
+
+
+def _umask():
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

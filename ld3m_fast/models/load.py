@@ -63,13 +63,29 @@ def model_from_state_dict(cfg: LDMConfig, state_dict: dict, source: str) -> Late
     return model
 
 
+# Trained weights shipped inside the package, by name.
+SHIPPED = {"fashion-mnist-prior": "priors/fashion_mnist_prior.safetensors"}
+
+
+def shipped_path(name: str) -> str:
+    """The file of a model shipped with the package (``SHIPPED``)."""
+    from importlib import resources
+
+    path = str(resources.files("ld3m_fast").joinpath(SHIPPED[name]))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the shipped model {name!r} ({path}) is missing: reinstall ld3m_fast, or make it with "
+                                "`ld3m-fast train-prior` (README, 'The shipped prior')")
+    return path
+
+
 def load_ldm(name_or_path, checkpoint=None, device=None, dtype=None, *, freeze: bool = True) -> LatentDiffusion:
     """Load a class-conditional latent diffusion model.
 
     Args:
-        name_or_path: a named architecture (``"cin256-v2"``, ``"tiny"``, ``"small"``), an
-            ``LDMConfig``, or a local path: a file written by ``save_ldm`` (safetensors), a
-            diffusers-format folder, or a CompVis checkpoint file (read as ``cin256-v2``).
+        name_or_path: a named architecture (``"cin256-v2"``, ``"tiny"``, ``"small"``, ``"fashion-mnist"``),
+            a shipped trained model (``"fashion-mnist-prior"``), an ``LDMConfig``, or a local path: a file
+            written by ``save_ldm`` (safetensors), a diffusers-format folder, or a CompVis checkpoint file
+            (read as ``cin256-v2``).
         checkpoint: with a name or config, a CompVis-layout checkpoint to load into it (e.g. the
             CompVis ``cin256-v2`` ``model.ckpt``, a Lightning checkpoint). Without one, a named
             architecture gets random weights.
@@ -79,6 +95,8 @@ def load_ldm(name_or_path, checkpoint=None, device=None, dtype=None, *, freeze: 
     Checkpoints are read with ``torch.load(weights_only=True)``: no code from a file runs.
     """
     dtype, device = _dtype(dtype), _device(device)
+    if isinstance(name_or_path, str) and name_or_path in SHIPPED:
+        name_or_path = shipped_path(name_or_path)
     is_name = isinstance(name_or_path, (LDMConfig, dict)) or (
         isinstance(name_or_path, str) and name_or_path in NAMED_CONFIGS)
     if is_name:
@@ -109,8 +127,8 @@ def _load_path(path: str) -> LatentDiffusion:
         looks_like_path = os.sep in path or "." in os.path.basename(path)
         if looks_like_path:
             raise FileNotFoundError(f"{path!r} does not exist (load_ldm reads local files only; it never downloads)")
-        raise ValueError(f"unknown model name {path!r}: choose one of {sorted(NAMED_CONFIGS)}, or give a local path "
-                         "(load_ldm never downloads)")
+        raise ValueError(f"unknown model name {path!r}: choose one of {sorted(NAMED_CONFIGS) + sorted(SHIPPED)}, "
+                         "or give a local path (load_ldm never downloads)")
     if os.path.isdir(path):
         cfg, sd = read_diffusers_folder(path)
         return model_from_state_dict(cfg, sd, repr(path))

@@ -1,9 +1,7 @@
 """Peak memory of one call, and the model set-ups the benchmarks share."""
 from __future__ import annotations
 
-import ctypes
 import math
-import re
 
 import torch
 
@@ -11,38 +9,39 @@ from ld3m_fast.models import build_ldm
 from ld3m_fast.tiny import TinyLDM
 
 
-def _return_freed_memory_to_the_os() -> None:
-    """Make the process's resident set follow live memory, so that ``VmHWM`` measures a peak.
+def _walk(events):
+    for event in events:
+        yield event
+        yield from _walk(event.children)
 
-    glibc keeps freed blocks in its heap and reuses them, so the resident set of a process that
-    has already run a big step no longer grows when it runs it again. Serving every allocation of
-    64 KiB or more with its own ``mmap`` (released on free), trimming the heap top at once and
-    releasing what is already free makes the resident set rise and fall with the tensors that are alive.
+
+def _cpu_allocation_peak(fn) -> tuple[int, object]:
+    """Peak of the bytes allocated through torch's CPU allocator while ``fn()`` runs, above the start.
+
+    The profiler records every allocation and free with its size and time (what ``max_memory_allocated``
+    gives on CUDA); the running sum of the sizes, in time order, peaks at the answer. Unlike the process's
+    resident set it is exact to the byte and blind to the C library's heap and other threads.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
-    libc.mallopt(m_trim_threshold, 0)
-    libc.malloc_trim(0)  # give back what earlier runs freed into the heap
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
 
-
-_return_freed_memory_to_the_os()  # at import, before any tensor of a benchmark is allocated
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    sizes = sorted((e.start_time_ns, e.extra_fields.alloc_size)
+                   for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
+                   if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu")
+    live = peak = 0
+    for _, size in sizes:
+        live += size
+        peak = max(peak, live)
+    return peak, out
 
 
 def peak_memory(fn, device: torch.device | str) -> tuple[int, object]:
-    """Peak extra bytes while ``fn()`` runs, and its result.
+    """Peak extra bytes allocated while ``fn()`` runs, and its result.
 
-    CUDA: ``max_memory_allocated`` above the memory allocated before. CPU: the process's peak
-    resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above its resident set before,
-    with glibc told to give freed memory back at once (see ``_return_freed_memory_to_the_os``).
+    CUDA: ``max_memory_allocated`` above the memory allocated before. CPU: the same from the profiler's
+    allocation trace (``_cpu_allocation_peak``).
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -51,12 +50,7 @@ def peak_memory(fn, device: torch.device | str) -> tuple[int, object]:
         out = fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before, out
-    _return_freed_memory_to_the_os()
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    out = fn()
-    return (_status_kib("VmHWM") - before) * 1024, out
+    return _cpu_allocation_peak(fn)
 
 
 def small_problem(n: int, latent: int = 8, channels: int = 64, seed: int = 0):

@@ -10,6 +10,9 @@ step; memory: one denoiser call's activations for one chunk, whatever the number
 Where memory allows, ``keep_steps`` names steps whose denoiser calls run with gradients already in
 the forward pass (in backward chunks) and keep their graphs: backward then reuses them instead of
 recomputing — one denoiser forward less per kept step, for one call's activations per image kept.
+Where memory is short, ``latent_stride = k`` keeps only every k-th step's latent: backward regenerates
+the others one segment of k steps at a time (no-grad, for its chunk) — about one denoiser forward more
+per step, for ``S/k + k`` stored latents instead of ``S``, so memory stops growing with the steps.
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ class ChainSettings:
     callback: Callable[[int], None] | None = None  # called with the step index after each forward step
     forward_chunk_size: int | None = None  # images per no-grad denoiser call in forward (default: chunk_size)
     keep_steps: frozenset[int] = frozenset()  # steps whose graphs forward keeps for backward (no recomputation)
+    latent_stride: int = 1  # keep every k-th step's latent; backward regenerates the others (eta = 0 only)
+
+    def __post_init__(self):
+        if self.latent_stride > 1 and any(coef.sigma for coef in self.schedule.coefficients):
+            raise ValueError("latent_stride > 1 needs eta = 0: the regenerated steps would need the DDIM noise again")
 
     @property
     def guided(self) -> bool:
@@ -76,6 +84,19 @@ def guided_eps(denoiser: Denoiser, z, t, context, unconditional):
     return out.chunk(2)
 
 
+def _step_no_grad(cfg: ChainSettings, impl, i: int, z, context, uc, anchor, noise, chunk: int):
+    """``z`` after step ``i`` (no graph), the denoiser run ``chunk`` images at a time."""
+    coef, tau = cfg.coefficients(i), cfg.schedule.timesteps[i]
+    z_next = torch.empty_like(z)
+    for sl in _chunks(z.shape[0], chunk):
+        t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
+        eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
+        a = z[sl] if anchor is None else anchor[sl]
+        z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
+                                     None if noise is None else noise[sl], coef, False)
+    return z_next
+
+
 class _ReverseChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z_start, anchor, context, cfg: ChainSettings):
@@ -83,36 +104,38 @@ class _ReverseChain(torch.autograd.Function):
         uc = cfg.unconditional if cfg.guided else None
         impl = select_backend(z_start, cfg.backend)
         anchor_c = None if anchor is None else anchor.detach().contiguous()
-        latents = z_start.new_empty((steps, *z_start.shape))
+        stride = cfg.latent_stride
+        latents = z_start.new_empty((-(-steps // stride), *z_start.shape))
         z = z_start.detach().contiguous()
         bar = tqdm(total=steps, desc="render", disable=not cfg.progress, leave=False)
         keep = cfg.keep_steps if any(ctx.needs_input_grad[:3]) else frozenset()
         kept = {}  # (step, chunk start) -> (z_in, c_in, out): graphs backward reuses
         for i, tau in enumerate(cfg.schedule.timesteps):
             coef = cfg.coefficients(i)
-            latents[i].copy_(z)
+            if i % stride == 0:
+                latents[i // stride].copy_(z)
             noise = None
             if coef.sigma:
                 noise = torch.randn(z.shape, generator=cfg.generator, dtype=z.dtype).to(z.device)
-            z_next = torch.empty_like(z)
-            for sl in _chunks(n, cfg.chunk_size if i in keep else (cfg.forward_chunk_size or cfg.chunk_size)):
-                if i in keep:
+            if i not in keep:
+                z = _step_no_grad(cfg, impl, i, z, context, uc, anchor_c, noise, cfg.forward_chunk_size or cfg.chunk_size)
+            else:
+                z_next = torch.empty_like(z)
+                for sl in _chunks(n, cfg.chunk_size):
                     kept[(i, sl.start)] = graph = _denoiser_graph(cfg, z[sl], context[sl], None if uc is None else uc[sl],
                                                                   tau, ctx.needs_input_grad[2])
                     eps_u, eps_c = (graph[2].detach(), graph[2].detach()) if uc is None else graph[2].detach().chunk(2)
-                else:
-                    t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
-                    eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
-                a = z[sl] if anchor_c is None else anchor_c[sl]
-                z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
-                                             None if noise is None else noise[sl], coef, False)
-            z = z_next
+                    a = z[sl] if anchor_c is None else anchor_c[sl]
+                    z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
+                                                 None if noise is None else noise[sl], coef, False)
+                z = z_next
             bar.update()
             if cfg.callback is not None:
                 cfg.callback(i)
         bar.close()
         ctx.cfg, ctx.impl, ctx.latents, ctx.kept = cfg, impl, latents, kept
         ctx.has_anchor = anchor is not None
+        ctx.anchor = anchor_c if stride > 1 else None  # regeneration needs the skip target
         ctx.save_for_backward(context)
         return z
 
@@ -122,19 +145,20 @@ class _ReverseChain(torch.autograd.Function):
         cfg, impl, latents = ctx.cfg, ctx.impl, ctx.latents
         uc = cfg.unconditional if cfg.guided else None
         need_ctx = ctx.needs_input_grad[2]
-        n, steps = latents.shape[1], latents.shape[0]
+        n, steps = latents.shape[1], cfg.schedule.num_steps
         grad_z = torch.empty_like(latents[0])
         grad_anchor = torch.zeros_like(latents[0]) if ctx.has_anchor else None
         grad_ctx = torch.zeros_like(context) if need_ctx else None
         bar = tqdm(total=steps * -(-n // cfg.chunk_size), desc="render backward", disable=not cfg.progress, leave=False)
         for sl in _chunks(n, cfg.chunk_size):
             gz = grad_out[sl].contiguous()
+            segment = _SegmentLatents(ctx, sl)
             for i in reversed(range(steps)):
                 g_direct, g_eps, g_anchor = impl.backward(gz, None, cfg.coefficients(i))
                 if grad_anchor is not None:
                     grad_anchor[sl] += g_anchor
                 kept = ctx.kept.pop((i, sl.start), None)  # a graph the forward kept, else recompute the call
-                z_in, c_in, out = kept or _denoiser_graph(cfg, latents[i, sl], context[sl], None if uc is None else uc[sl],
+                z_in, c_in, out = kept or _denoiser_graph(cfg, segment.latent(i), context[sl], None if uc is None else uc[sl],
                                                           cfg.schedule.timesteps[i], need_ctx)
                 g_out = g_eps[1] if uc is None else g_eps.view_as(out)
                 inputs = (z_in, c_in) if need_ctx else (z_in,)
@@ -146,6 +170,32 @@ class _ReverseChain(torch.autograd.Function):
             grad_z[sl] = gz
         bar.close()
         return grad_z, grad_anchor, grad_ctx, None
+
+
+class _SegmentLatents:
+    """Step latents of one chunk in backward: stored ones directly, the others regenerated a segment at a time."""
+
+    def __init__(self, ctx, sl: slice):
+        self.ctx, self.sl, self.first, self.cache = ctx, sl, None, None
+
+    def latent(self, i: int) -> torch.Tensor:
+        ctx, sl, stride = self.ctx, self.sl, self.ctx.cfg.latent_stride
+        if stride == 1:
+            return ctx.latents[i, sl]
+        first = i - i % stride
+        if first != self.first:  # run the segment's steps again from its stored latent
+            cfg, uc = ctx.cfg, ctx.cfg.unconditional if ctx.cfg.guided else None
+            (context,) = ctx.saved_tensors
+            anchor = None if ctx.anchor is None else ctx.anchor[sl]
+            z = ctx.latents[first // stride, sl]
+            self.cache = [z]
+            with torch.no_grad():
+                for j in range(first, min(first + stride, cfg.schedule.num_steps) - 1):
+                    z = _step_no_grad(cfg, ctx.impl, j, z, context[sl], None if uc is None else uc[sl], anchor, None,
+                                      cfg.chunk_size)
+                    self.cache.append(z)
+            self.first = first
+        return self.cache[i - first]
 
 
 def reverse_chain(z_start: torch.Tensor, anchor: torch.Tensor | None, context: torch.Tensor,

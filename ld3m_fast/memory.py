@@ -5,11 +5,15 @@ single latent with gradients, while a saved-tensor hook adds up the bytes autogr
 backward. That works on any device and for any model. The chunk is the largest number of images
 whose activations, with a safety factor for backward's temporaries, fit beside what the rendering
 keeps for all images (the per-step latents and the images); memory left once every image fits in
-one chunk keeps the graphs of whole steps, so that backward need not recompute them.
+one chunk keeps the graphs of whole steps, so that backward need not recompute them. When not even
+one image fits beside every step's latent, only every k-th latent is kept (k ≈ √S; backward
+regenerates the others), so the memory no longer grows with the number of steps.
 """
 from __future__ import annotations
 
+import math
 import re
+from typing import NamedTuple
 
 import torch
 
@@ -69,16 +73,44 @@ def plan_chunk_size(n_images: int, budget: int, per_image_bytes: int, fixed_byte
     return int(max(1, min(n_images, (budget - fixed_bytes) // (BACKWARD_SAFETY * per_image_bytes))))
 
 
+class RenderPlan(NamedTuple):
+    chunk: int          # images per recomputed denoiser call in backward
+    kept_steps: int     # last steps whose denoiser graphs the forward keeps
+    latent_stride: int  # keep every k-th step's latent (1: all)
+
+
+def thinning_stride(steps: int) -> int:
+    """``⌈√S⌉``: the latent stride that keeps fewest latents alive (``S/k + k``)."""
+    return math.isqrt(steps - 1) + 1 if steps > 1 else 1
+
+
+def stored_latents(steps: int, stride: int) -> int:
+    """Step latents alive at once with ``latent_stride = stride``: the kept ones plus one regenerated segment."""
+    return steps if stride == 1 else -(-steps // stride) + stride
+
+
 def plan_rendering(n_images: int, steps: int, budget: int, unet_bytes: int, decoder_bytes: int,
-                   fixed_bytes: int) -> tuple[int, int]:
-    """``(chunk, kept_steps)`` for a budget: the largest chunk that fits (``plan_chunk_size``); once all images fit
-    in one chunk, what is left keeps whole steps' denoiser graphs (``unet_bytes`` per image each), which spares
-    their recomputation in backward."""
-    chunk = plan_chunk_size(n_images, budget, max(unet_bytes, decoder_bytes), fixed_bytes)
+                   latent_bytes: int, fixed_bytes: int) -> RenderPlan:
+    """Chunk, kept steps and latent stride for a budget.
+
+    ``latent_bytes`` is one step's latents for all images, ``fixed_bytes`` the rest rendering keeps for all
+    images. The largest chunk that fits beside every step's latent (``plan_chunk_size``); once all images fit in
+    one chunk, what is left keeps whole steps' denoiser graphs (``unet_bytes`` per image each), which spares their
+    recomputation in backward. If not even one image fits, only every ``⌈√S⌉``-th latent is kept.
+    """
+    per_image = max(unet_bytes, decoder_bytes)
+    try:
+        chunk = plan_chunk_size(n_images, budget, per_image, fixed_bytes + steps * latent_bytes)
+    except ValueError:
+        stride = thinning_stride(steps)
+        if stride == 1:
+            raise
+        stored = stored_latents(steps, stride) * latent_bytes
+        return RenderPlan(plan_chunk_size(n_images, budget, per_image, fixed_bytes + stored), 0, stride)
     if chunk < n_images or unet_bytes <= 0:
-        return chunk, 0
-    left = budget - fixed_bytes - BACKWARD_SAFETY * n_images * max(unet_bytes, decoder_bytes)
-    return chunk, int(max(0, min(steps, left // (n_images * unet_bytes))))
+        return RenderPlan(chunk, 0, 1)
+    left = budget - fixed_bytes - steps * latent_bytes - BACKWARD_SAFETY * n_images * per_image
+    return RenderPlan(chunk, int(max(0, min(steps, left // (n_images * unet_bytes)))), 1)
 
 
 def _fmt(n: float) -> str:

@@ -13,7 +13,8 @@ import torch
 
 from .chain import ChainSettings, guided_eps, reverse_chain
 from .decode import recomputed_decode, straight_through
-from .memory import DEFAULT_CHUNK, NO_GRAD_CHUNK_FACTOR, parse_memory_budget, plan_rendering, saved_activation_bytes
+from .memory import (DEFAULT_CHUNK, NO_GRAD_CHUNK_FACTOR, RenderPlan, parse_memory_budget, plan_rendering,
+                     saved_activation_bytes)
 from .model_adapter import LatentModel, as_latent_model
 from .schedule import DDIMSchedule
 from .validation import check_latents_and_context
@@ -48,21 +49,23 @@ def normalize_images(images: torch.Tensor, normalize) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _plan_for_budget(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule, budget: int) -> tuple[int, int]:
-    """Measure one image's activations in a guided denoiser call and in the decoder; plan chunk and kept steps."""
+def _plan_for_budget(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule, budget: int) -> RenderPlan:
+    """Measure one image's activations in a guided denoiser call and in the decoder; plan the rendering."""
     z1 = Z[:1].detach().requires_grad_(True)
     t = torch.full((1,), schedule.timesteps[0], device=Z.device, dtype=torch.long)
     unet_bytes, _ = saved_activation_bytes(lambda z: guided_eps(lm.denoiser, z, t, c[:1].detach(), uc), z1)
     dec_bytes, image = saved_activation_bytes(lm.decode, z1)
     n, elt = Z.shape[0], Z.element_size()
-    fixed = n * elt * ((schedule.num_steps + 6) * Z[0].numel() + 3 * image[0].numel())
-    return plan_rendering(n, schedule.num_steps, budget, unet_bytes, dec_bytes, fixed)
+    plan = plan_rendering(n, schedule.num_steps, budget, unet_bytes, dec_bytes, latent_bytes=n * elt * Z[0].numel(),
+                          fixed_bytes=n * elt * (6 * Z[0].numel() + 3 * image[0].numel()))
+    return plan
 
 
 def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float = 3.0, skip: str = "official",
            memory_budget=None, seed: int | None = None, *, generator: torch.Generator | None = None,
            noise: torch.Tensor | None = None,
-           chunk_size: int | None = None, keep_steps: int | None = None, eta: float = 0.0,
+           chunk_size: int | None = None, keep_steps: int | None = None, latent_stride: int | None = None,
+           eta: float = 0.0,
            backend: str | None = None, check_finite: bool = True, normalize=None,
            progress: bool = False) -> torch.Tensor:
     """Render images from latents ``Z`` (N, C, h, w) and class embeddings ``c`` (N, L, D).
@@ -81,6 +84,9 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
             or, under a ``memory_budget``, ``NO_GRAD_CHUNK_FACTOR`` chunks at once.
         keep_steps: how many steps (the last ones) run their denoiser with gradients in the forward pass and
             keep the graph for backward, instead of recomputing it (overrides ``memory_budget``'s choice; default 0).
+        latent_stride: keep only every k-th step's latent for backward, which regenerates the others (about one
+            denoiser forward more per step, ``S/k + k`` latents stored instead of ``S``; ``eta = 0`` only).
+            Default 1, or what ``memory_budget`` needs.
         backend: fused-step backend (``"torch"``, ``"triton"``, ``"cpp"``, ``"cuda"``; default automatic).
         normalize: ``(mean, std)`` applied to the [0, 1] images, or ``None``.
 
@@ -97,15 +103,18 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     elif guidance != 1.0:
         raise ValueError(f"guidance={guidance} needs the unconditional class embedding, which this model lacks; "
                          "give LatentModel(unconditional=...) or use guidance=1.0")
-    keep = 0
+    keep, stride = 0, 1
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
         chunk = min(chunk_size, n)
         forward_chunk = n if budget is None else min(n, NO_GRAD_CHUNK_FACTOR * chunk)
     elif budget is not None:
-        chunk, keep = _plan_for_budget(lm, Z, c, uc[:1] if uc is not None and guidance != 1.0 else None, schedule,
-                                       budget)
+        chunk, keep, stride = _plan_for_budget(lm, Z, c, uc[:1] if uc is not None and guidance != 1.0 else None,
+                                               schedule, budget)
+        if stride > 1 and eta != 0:
+            raise ValueError(f"memory_budget={memory_budget!r} is too small to keep every step's latent, and with "
+                             f"eta={eta} they cannot be regenerated; raise memory_budget or use eta=0")
         forward_chunk = min(n, NO_GRAD_CHUNK_FACTOR * chunk)
     else:
         chunk, forward_chunk = min(n, DEFAULT_CHUNK), n
@@ -113,6 +122,13 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
         if isinstance(keep_steps, bool) or not isinstance(keep_steps, int) or keep_steps < 0:
             raise ValueError(f"keep_steps={keep_steps!r} must be an int >= 0 (steps whose graphs are kept)")
         keep = min(keep_steps, schedule.num_steps)
+    if latent_stride is not None:
+        if isinstance(latent_stride, bool) or not isinstance(latent_stride, int) or latent_stride < 1:
+            raise ValueError(f"latent_stride={latent_stride!r} must be a positive int (keep every k-th step's latent)")
+        if latent_stride > 1 and eta != 0:
+            raise ValueError(f"latent_stride={latent_stride} needs eta=0: regenerating steps would need their DDIM "
+                             "noise again; use latent_stride=1 with eta > 0")
+        stride = latent_stride
     gen = make_generator(seed, generator)
     if noise is None:
         noise = start_noise(Z, gen)
@@ -122,7 +138,8 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     anchor = {"official": lambda: straight_through(lm.quantize, Z), "paper": lambda: z_start,
               "none": lambda: None}[skip]()
     settings = ChainSettings(lm.denoiser, schedule, uc, chunk, backend, gen, progress, forward_chunk_size=forward_chunk,
-                             keep_steps=frozenset(range(schedule.num_steps - keep, schedule.num_steps)))
+                             keep_steps=frozenset(range(schedule.num_steps - keep, schedule.num_steps)),
+                             latent_stride=stride)
     z0 = reverse_chain(z_start, anchor, c, settings)
     x = recomputed_decode(lm.decode, straight_through(lm.quantize, z0), chunk, forward_chunk)
     return normalize_images(to_unit_range(x), normalize)

@@ -153,3 +153,48 @@ def test_kept_steps_without_gradients_keep_nothing(model32):
     with torch.no_grad():
         render(model, Z, c, 5, seed=0, keep_steps=5)
     assert not any(grad for _, grad in counter.calls)
+
+
+@pytest.mark.parametrize("stride,skip,keep", [(3, "official", 0), (4, "paper", 0), (10, "none", 0), (20, "official", 0),
+                                              (3, "official", 2)])
+def test_latent_stride_regenerates_the_other_latents_and_gives_the_same_gradients(model64, stride, skip, keep):
+    parts = as_latent_model(model64)
+    counter = CountingDenoiser(parts.denoiser)
+    model = LatentModel(counter, parts.quantize, parts.decode, parts.unconditional, parts.alphas_cumprod, latent_channels=3)
+    Z, c, w = make_inputs(model64, 5, torch.float64, seed=6)
+    images = render(model, Z, c, 10, seed=3, skip=skip, chunk_size=2, keep_steps=keep, latent_stride=stride)
+    n_forward = len(counter.calls)
+    gZ, gc = grads(images, w, Z, c)
+    backward = counter.calls[n_forward:]
+    stored = -(-10 // stride)
+    regenerated = sorted(b for b, grad in backward if not grad)
+    assert regenerated == sorted([4, 4, 2] * (10 - stored))  # per chunk, every step but the stored ones, no grad
+    assert sum(grad for _, grad in backward) == 3 * (10 - keep)
+    ref = reference.render_unrolled(model64, Z, c, 10, skip=skip, noise=start_noise(Z, make_generator(3)))
+    rZ, rc = grads(ref, w, Z, c)
+    assert rel_err(gZ, rZ) < 1e-10 and rel_err(gc, rc) < 1e-10
+
+
+def test_latent_stride_needs_eta_zero_and_a_positive_int(model32):
+    Z, c, _ = make_inputs(model32, 2, torch.float32)
+    with pytest.raises(ValueError, match="latent_stride=2 needs eta=0"):
+        render(model32, Z, c, 5, seed=0, eta=0.5, latent_stride=2)
+    with pytest.raises(ValueError, match="latent_stride=0 must be a positive int"):
+        render(model32, Z, c, 5, seed=0, latent_stride=0)
+
+
+def test_memory_budget_applies_the_planned_latent_stride(model64, monkeypatch):
+    import sys
+
+    from ld3m_fast.memory import RenderPlan
+    monkeypatch.setattr(sys.modules["ld3m_fast.render"], "plan_rendering", lambda *a, **k: RenderPlan(2, 0, 4))
+    parts = as_latent_model(model64)
+    counter = CountingDenoiser(parts.denoiser)
+    model = LatentModel(counter, parts.quantize, parts.decode, parts.unconditional, parts.alphas_cumprod, latent_channels=3)
+    Z, c, w = make_inputs(model64, 4, torch.float64, seed=2)
+    images = render(model, Z, c, 10, seed=1, memory_budget="1GiB")
+    n_forward = len(counter.calls)
+    gZ, gc = grads(images, w, Z, c)
+    assert sorted(b for b, grad in counter.calls[n_forward:] if not grad) == [4] * (2 * 7)  # 2 chunks × 7 regenerated
+    with pytest.raises(ValueError, match="with eta=0.3 they cannot be regenerated"):
+        render(model, Z, c, 10, seed=1, memory_budget="1GiB", eta=0.3)

@@ -1,4 +1,6 @@
 """render() end to end: parity with the official-style reference, memory budgets, normalisation."""
+import functools
+
 import pytest
 import torch
 
@@ -89,10 +91,22 @@ def test_memory_budget_chooses_the_chunk_and_refuses_too_small_budgets():
 def test_plan_rendering_keeps_steps_only_when_every_image_fits_one_chunk():
     from ld3m_fast.memory import plan_rendering
     # 4 images, 10 bytes per image and call, 100 fixed: one chunk needs 100 + 2*4*10 = 180
-    assert plan_rendering(4, 10, budget=179, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (3, 0)
-    assert plan_rendering(4, 10, budget=180 + 39, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 0)
-    assert plan_rendering(4, 10, budget=180 + 80, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 2)
-    assert plan_rendering(4, 10, budget=10**6, unet_bytes=10, decoder_bytes=5, fixed_bytes=100) == (4, 10)
+    plan = functools.partial(plan_rendering, 4, 10, unet_bytes=10, decoder_bytes=5, latent_bytes=0, fixed_bytes=100)
+    assert plan(budget=179) == (3, 0, 1)
+    assert plan(budget=180 + 39) == (4, 0, 1)
+    assert plan(budget=180 + 80) == (4, 2, 1)
+    assert plan(budget=10**6) == (4, 10, 1)
+
+
+def test_plan_rendering_thins_the_latents_only_when_one_image_does_not_fit_beside_them():
+    from ld3m_fast.memory import plan_rendering, stored_latents
+    # 100 steps of 10-byte latents: 1000 bytes; one image in a chunk needs 2*10 more
+    assert plan_rendering(4, 100, budget=1020, unet_bytes=10, decoder_bytes=5, latent_bytes=10, fixed_bytes=0) == (1, 0, 1)
+    # 1019 bytes: keep every 10th latent, 10 kept + one segment of 10 = 200 bytes, leaving room for all 4 images
+    assert stored_latents(100, 10) == 20
+    assert plan_rendering(4, 100, budget=1019, unet_bytes=10, decoder_bytes=5, latent_bytes=10, fixed_bytes=0) == (4, 0, 10)
+    with pytest.raises(ValueError, match="too small for one image"):
+        plan_rendering(4, 100, budget=219, unet_bytes=10, decoder_bytes=5, latent_bytes=10, fixed_bytes=0)
 
 
 def test_a_large_budget_keeps_steps_and_matches_the_unbudgeted_gradient():

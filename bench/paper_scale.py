@@ -11,7 +11,9 @@ N ∈ {10, 100} it times one distillation iteration (render → DM loss against 
   gradient, chunked re-render with checkpointed UNet calls — in float32;
 - ``engine-fp32``: ``ld3m_fast.render`` (one rendering, per-step recomputation, fused step) in float32;
 - ``engine-bf16``: the same after ``ld3m_fast.optimize(model)`` (bf16 autocast, fused GroupNorm+SiLU,
-  channels-last, decoder recomputation).
+  channels-last, decoder recomputation);
+- ``engine-bf16-thinned``: the same keeping only every ⌈√S⌉-th step's latent (``latent_stride``, what the
+  planner picks under a budget too tight for all of them), at 256², N = 100, S ∈ {10, 100}.
 
 It records seconds per iteration and peak ``torch.cuda.max_memory_allocated``; the UNet's share of the
 measured bf16 matmul peak (one guided call, N = 10, forward + backward, FLOPs counted by
@@ -41,17 +43,20 @@ from measure import bf16_matmul_peak_tflops, copy_bandwidth_gbs, count_flops, ra
 from ld3m_fast import get_network, optimize, reference, render  # noqa: E402
 from ld3m_fast.backends import StepCoefficients, available_backends, get_backend  # noqa: E402
 from ld3m_fast.distill.config import OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD  # noqa: E402
+from ld3m_fast.memory import thinning_stride  # noqa: E402
 
 PLAIN = dict(bf16=False, fused_groupnorm_silu=False, channels_last=False, attention="sdpa",
              checkpoint_decoder=False, checkpoint_unet=False)
 IMPLS = ("reference", "engine-fp32", "engine-bf16")
+THINNED = "engine-bf16-thinned"
 
 
 def cases(dry_run: bool) -> list[tuple[int, int, int, str]]:
     """(resolution, steps, N, impl), the issue's targets first."""
     if dry_run:
-        return [(32, 2, 2, impl) for impl in IMPLS]
-    first = [(256, 20, 100, impl) for impl in IMPLS] + [(256, s, 100, "engine-bf16") for s in (10, 50, 100)]
+        return [(32, 2, 2, impl) for impl in (*IMPLS, THINNED)]
+    first = ([(256, 20, 100, impl) for impl in IMPLS] + [(256, s, 100, "engine-bf16") for s in (10, 50, 100)]
+             + [(256, s, 100, THINNED) for s in (10, 100)])
     rest = [(res, s, n, impl) for res in (256, 128) for n in (10, 100) for s in (10, 20, 50, 100) for impl in IMPLS]
     return first + [c for c in rest if c not in first]
 
@@ -87,7 +92,8 @@ class Problem:
         if impl == "reference":
             reference.official_backward(self.model, self.Z, self.c, self.loss, steps, seed=0)
         else:
-            self.loss(render(self.model, self.Z, self.c, steps, seed=0)).backward()
+            stride = thinning_stride(steps) if impl == THINNED else 1
+            self.loss(render(self.model, self.Z, self.c, steps, seed=0, latent_stride=stride)).backward()
         self.opt.step()
 
 
@@ -161,6 +167,15 @@ def fused_step_share_of_bandwidth(device, n: int = 100, latent: int = 64) -> dic
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        model = None
+    return f"{model or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+
+
 def environment(device) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -169,7 +184,8 @@ def environment(device) -> dict:
         commit = None
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "threads": torch.get_num_threads()}
     try:
         import triton
         info["triton"] = triton.__version__
@@ -201,7 +217,7 @@ def main(argv=None) -> int:
         if time.perf_counter() - t0 + predicted > args.max_seconds:
             row["status"] = f"skipped: predicted {predicted:.0f} s exceeds the time left"
         else:
-            optimize(model, **({} if impl == "engine-bf16" and not args.dry_run else PLAIN))
+            optimize(model, **({} if impl in ("engine-bf16", THINNED) and not args.dry_run else PLAIN))
             try:
                 problem = Problem(model, res, n, device)
                 row.update(time_iteration(problem, impl, steps, device), status="ok")

@@ -41,7 +41,8 @@ def test_train_step(benchmark, arch):
         opt.step()
     benchmark.group = f"train step, {N} images {SIZE}², {DEVICE}"
     benchmark(_timed(step))
-    benchmark.extra_info["minutes per 1000-epoch run"] = benchmark.stats.stats.mean * 1000 / 60
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["minutes per 1000-epoch run"] = benchmark.stats.stats.mean * 1000 / 60
 
 
 @pytest.mark.parametrize("siamese", [True, False])

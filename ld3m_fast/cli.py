@@ -36,7 +36,7 @@ KNOB_HELP = {
     "skip": "LD3M skip: 'official' (x0 blended with Zq, the code), 'paper' (Eq. 7), 'none'",
     "eta": "DDIM eta (0)",
     "chunk_size": "images per recomputed denoiser call (10)",
-    "memory_budget": "bytes or e.g. '16GiB' for the rendering's backward; picks the chunk size",
+    "memory_budget": "bytes or e.g. '16GiB' for the rendering's backward; picks the chunk size, kept steps and latent stride",
     "class_ids": "the LDM class of each label (default: the dataset's ImageNet ids, else 0..C-1)",
     "syn_mean": "normalisation mean of rendered images (3-channel default: the official 0.4377 0.4438 0.4728)",
     "syn_std": "normalisation std of rendered images",

@@ -12,7 +12,7 @@ def test_paper_scale_dry_run_writes_a_complete_report(tmp_path, monkeypatch):
 
     assert paper_scale.main(["--dry-run", "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert [r["impl"] for r in report["results"]] == list(paper_scale.IMPLS)
+    assert [r["impl"] for r in report["results"]] == [*paper_scale.IMPLS, paper_scale.THINNED]
     assert all(r["status"] == "ok" and r["seconds"] > 0 for r in report["results"])
     assert report["unet"]["TFLOP"] > 0 and any(k.endswith("-backward") for k in report["fused_step"])
     assert report["environment"]["torch"] and report["dry_run"] is True

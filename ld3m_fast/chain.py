@@ -84,6 +84,13 @@ def guided_eps(denoiser: Denoiser, z, t, context, unconditional):
     return out.chunk(2)
 
 
+def _fused_update(impl, coef: StepCoefficients, z, eps_u, eps_c, anchor, noise, sl: slice, z_next) -> None:
+    """Write the fused step's output for images ``sl`` into ``z_next``."""
+    a = z[sl] if anchor is None else anchor[sl]
+    z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
+                                 None if noise is None else noise[sl], coef, False)
+
+
 def _step_no_grad(cfg: ChainSettings, impl, i: int, z, context, uc, anchor, noise, chunk: int):
     """``z`` after step ``i`` (no graph), the denoiser run ``chunk`` images at a time."""
     coef, tau = cfg.coefficients(i), cfg.schedule.timesteps[i]
@@ -91,9 +98,7 @@ def _step_no_grad(cfg: ChainSettings, impl, i: int, z, context, uc, anchor, nois
     for sl in _chunks(z.shape[0], chunk):
         t = torch.full((sl.stop - sl.start,), tau, device=z.device, dtype=torch.long)
         eps_u, eps_c = guided_eps(cfg.denoiser, z[sl], t, context[sl], None if uc is None else uc[sl])
-        a = z[sl] if anchor is None else anchor[sl]
-        z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
-                                     None if noise is None else noise[sl], coef, False)
+        _fused_update(impl, coef, z, eps_u, eps_c, anchor, noise, sl, z_next)
     return z_next
 
 
@@ -125,9 +130,7 @@ class _ReverseChain(torch.autograd.Function):
                     kept[(i, sl.start)] = graph = _denoiser_graph(cfg, z[sl], context[sl], None if uc is None else uc[sl],
                                                                   tau, ctx.needs_input_grad[2])
                     eps_u, eps_c = (graph[2].detach(), graph[2].detach()) if uc is None else graph[2].detach().chunk(2)
-                    a = z[sl] if anchor_c is None else anchor_c[sl]
-                    z_next[sl], _ = impl.forward(z[sl], eps_u.contiguous(), eps_c.contiguous(), a,
-                                                 None if noise is None else noise[sl], coef, False)
+                    _fused_update(impl, coef, z, eps_u, eps_c, anchor_c, noise, sl, z_next)
                 z = z_next
             bar.update()
             if cfg.callback is not None:
@@ -152,7 +155,7 @@ class _ReverseChain(torch.autograd.Function):
         bar = tqdm(total=steps * -(-n // cfg.chunk_size), desc="render backward", disable=not cfg.progress, leave=False)
         for sl in _chunks(n, cfg.chunk_size):
             gz = grad_out[sl].contiguous()
-            segment = _SegmentLatents(ctx, sl)
+            segment = _SegmentLatents(ctx, sl, context)
             for i in reversed(range(steps)):
                 g_direct, g_eps, g_anchor = impl.backward(gz, None, cfg.coefficients(i))
                 if grad_anchor is not None:
@@ -175,8 +178,8 @@ class _ReverseChain(torch.autograd.Function):
 class _SegmentLatents:
     """Step latents of one chunk in backward: stored ones directly, the others regenerated a segment at a time."""
 
-    def __init__(self, ctx, sl: slice):
-        self.ctx, self.sl, self.first, self.cache = ctx, sl, None, None
+    def __init__(self, ctx, sl: slice, context: torch.Tensor):
+        self.ctx, self.sl, self.context, self.first, self.cache = ctx, sl, context[sl], None, None
 
     def latent(self, i: int) -> torch.Tensor:
         ctx, sl, stride = self.ctx, self.sl, self.ctx.cfg.latent_stride
@@ -185,13 +188,12 @@ class _SegmentLatents:
         first = i - i % stride
         if first != self.first:  # run the segment's steps again from its stored latent
             cfg, uc = ctx.cfg, ctx.cfg.unconditional if ctx.cfg.guided else None
-            (context,) = ctx.saved_tensors
             anchor = None if ctx.anchor is None else ctx.anchor[sl]
             z = ctx.latents[first // stride, sl]
             self.cache = [z]
             with torch.no_grad():
                 for j in range(first, min(first + stride, cfg.schedule.num_steps) - 1):
-                    z = _step_no_grad(cfg, ctx.impl, j, z, context[sl], None if uc is None else uc[sl], anchor, None,
+                    z = _step_no_grad(cfg, ctx.impl, j, z, self.context, None if uc is None else uc[sl], anchor, None,
                                       cfg.chunk_size)
                     self.cache.append(z)
             self.first = first

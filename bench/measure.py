@@ -6,7 +6,7 @@ import math
 import torch
 
 from ld3m_fast.models import build_ldm
-from ld3m_fast.tiny import TinyLDM
+from tests.helpers.compvis_style import CompVisStyleLDM
 
 
 def _walk(events):
@@ -54,9 +54,9 @@ def peak_memory(fn, device: torch.device | str) -> tuple[int, object]:
 
 
 def small_problem(n: int, latent: int = 8, channels: int = 64, seed: int = 0):
-    """A small LDM with random learnable Z and c: by default the DESIGN §5 CPU stack (0.9 M-parameter
+    """A small LDM with random learnable Z and c: by default the small CPU stack of docs/design.md §5 (0.9 M-parameter
     UNet, 8×8×3 latents, 32² images); ``latent`` and ``channels`` scale it."""
-    model = TinyLDM(channels=channels, seed=seed)
+    model = CompVisStyleLDM(channels=channels, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     Z = torch.randn(n, 3, latent, latent, generator=gen).requires_grad_(True)
     c = model.get_learned_conditioning(torch.arange(n) % model.n_classes).clone().requires_grad_(True)

@@ -18,7 +18,7 @@ N ∈ {10, 100} it times one distillation iteration (render → DM loss against 
 It records seconds per iteration and peak ``torch.cuda.max_memory_allocated``; the UNet's share of the
 measured bf16 matmul peak (one guided call, N = 10, forward + backward, FLOPs counted by
 ``torch.utils.flop_counter``); and the fused step's share of the measured copy bandwidth (per backend).
-Cases run in order of importance (the issue's targets first); a case whose predicted time would overrun
+Cases run in order of importance (the targets of README, 'Benchmarks', first); a case whose predicted time would overrun
 ``--max-seconds`` is recorded as skipped, one that runs out of memory as ``oom``. The JSON file holds the
 device, the torch/Triton/CUDA versions, the commit and the date.
 """
@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import bf16_matmul_peak_tflops, copy_bandwidth_gbs, count_flops, random_cin256  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from bench.measure import bf16_matmul_peak_tflops, copy_bandwidth_gbs, count_flops, random_cin256  # noqa: E402
 
 from ld3m_fast import get_network, optimize, reference, render  # noqa: E402
-from ld3m_fast.backends import StepCoefficients, available_backends, get_backend  # noqa: E402
-from ld3m_fast.distill.config import OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD  # noqa: E402
-from ld3m_fast.memory import thinning_stride  # noqa: E402
+from ld3m_fast.engine.fused_step import StepCoefficients, available_backends, get_backend  # noqa: E402
+from ld3m_fast.distillation.config import OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD  # noqa: E402
+from ld3m_fast.engine.memory import thinning_stride  # noqa: E402
 
 PLAIN = dict(bf16=False, fused_groupnorm_silu=False, channels_last=False, attention="sdpa",
              checkpoint_decoder=False, checkpoint_unet=False)
@@ -52,7 +52,7 @@ THINNED = "engine-bf16-thinned"
 
 
 def cases(dry_run: bool) -> list[tuple[int, int, int, str]]:
-    """(resolution, steps, N, impl), the issue's targets first."""
+    """(resolution, steps, N, impl), the README's GPU targets first."""
     if dry_run:
         return [(32, 2, 2, impl) for impl in (*IMPLS, THINNED)]
     first = ([(256, 20, 100, impl) for impl in IMPLS] + [(256, s, 100, "engine-bf16") for s in (10, 50, 100)]

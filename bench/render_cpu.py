@@ -2,7 +2,7 @@
 
     python bench/render_cpu.py --out bench/results/render_cpu.json [--repeats 5]
 
-Small models, N = 20, S ∈ {10, 100}: the 0.9 M-parameter ``TinyLDM`` (8×8×3 latents) and the shipped
+Small models, N = 20, S ∈ {10, 100}: the 0.9 M-parameter CompVis-style test LDM (``tests/helpers/compvis_style.py``) (8×8×3 latents) and the shipped
 Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents). Three ways: the engine as
 ``render`` runs by default (every step's latent kept), the engine keeping every ⌈√S⌉-th latent (what
 the planner picks when a memory budget is too tight for all of them), and ``ld3m_fast.reference``.
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import peak_memory, prior_problem, small_problem  # noqa: E402
-from paper_scale import environment  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from bench.measure import peak_memory, prior_problem, small_problem  # noqa: E402
+from bench.paper_scale import environment  # noqa: E402
 
 from ld3m_fast import reference, render  # noqa: E402
-from ld3m_fast.memory import thinning_stride  # noqa: E402
+from ld3m_fast.engine.memory import thinning_stride  # noqa: E402
 
 IMPLS = ("engine", "engine_thinned", "reference")
-PROBLEMS = {"TinyLDM 0.9M, 8x8x3": small_problem, "Fashion-MNIST prior 1.7M, 7x7x3": prior_problem}
+PROBLEMS = {"CompVis-style test LDM 0.9M, 8x8x3": small_problem, "Fashion-MNIST prior 1.7M, 7x7x3": prior_problem}
 
 
 def step(impl, model, Z, c, loss_fn, steps):

@@ -6,7 +6,7 @@ import pytest
 
 from ld3m_fast.data import embedded_fashion_mnist
 from ld3m_fast.demo import prior_path
-from ld3m_fast.distill.run import prepare
+from ld3m_fast.distillation.run import prepare
 from ld3m_fast.models import load_ldm
 
 SPACES = {"ld3m-dm": True, "pixel-dm": False}

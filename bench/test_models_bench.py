@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ld3m_fast.models import optimize
-from measure import bf16_matmul_peak_tflops, count_flops, peak_memory, random_cin256
+from bench.measure import bf16_matmul_peak_tflops, count_flops, peak_memory, random_cin256
 
 CUDA = torch.cuda.is_available()
 PLAIN = dict(bf16=False, fused_groupnorm_silu=False, channels_last=False, attention="sdpa",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ld3m_fast import reference, render
-from measure import cin256_problem, peak_memory, prior_problem, small_problem
+from bench.measure import cin256_problem, peak_memory, prior_problem, small_problem
 
 
 def engine_step(model, Z, c, loss_fn, steps):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ld3m_fast.backends import StepCoefficients, available_backends, get_backend
+from ld3m_fast.engine.fused_step import StepCoefficients, available_backends, get_backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in available_backends() if get_backend(b).supports(torch.empty(0, device=DEVICE))

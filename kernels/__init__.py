@@ -1,41 +1,53 @@
 """Triton kernels of ld3m_fast (installed as ``ld3m_fast.kernels``).
 
-Importing this package never imports Triton: the kernels are loaded on first access (PEP 562
-``__getattr__``): ``step_forward`` and ``step_backward`` from ``.fused_step``,
-``group_norm_silu_forward`` and ``group_norm_silu_backward`` from ``.groupnorm_silu``. If Triton
-is not installed, that first access raises ``ImportError`` with instructions; ``import
-ld3m_fast.kernels`` itself always succeeds. Lazy loading also means ``TRITON_INTERPRET=1`` only
-has to be set before the first use of a kernel, not before ``ld3m_fast`` is imported.
+- ``fused_step``: the fused LD3M denoising step, forward and backward (the op itself is defined
+  in ``ld3m_fast.engine.fused_step``);
+- ``groupnorm_silu``: GroupNorm followed by SiLU, forward and backward (used by ``ld3m_fast.optimize``).
+
+Importing this package never imports Triton; the kernel modules import it when first used, and
+are decorated then, once: whether they run compiled or in Triton's CPU interpreter is decided by
+``TRITON_INTERPRET`` at that moment. ``unavailable_reason`` is the one place that says whether
+Triton can run here.
 """
+from __future__ import annotations
 
-_MODULES = {
-    "step_forward": "fused_step",
-    "step_backward": "fused_step",
-    "group_norm_silu_forward": "groupnorm_silu",
-    "group_norm_silu_backward": "groupnorm_silu",
-}
-__all__ = list(_MODULES)
+import os
+import sys
+
+_state: dict = {}
 
 
-def _load(module_name: str = "fused_step"):
-    import importlib
-
-    try:
-        return importlib.import_module(f".{module_name}", __name__)
-    except ImportError as exc:
-        if getattr(exc, "name", None) and exc.name.split(".")[0] == "triton":
-            raise ImportError(
-                "ld3m_fast.kernels needs Triton (pip install triton; GPU wheels ship with PyTorch "
-                "on Linux). Without it use backend='torch', 'cpp' or 'cuda'."
-            ) from exc
-        raise
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``; the tests on CPU machines)."""
+    module = sys.modules.get(__name__ + ".fused_step")
+    if module is not None:  # the kernels were decorated already: their mode is fixed
+        return module.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def __getattr__(name):
-    if name in _MODULES:
-        return getattr(_load(_MODULES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _import_error() -> str | None:
+    if "error" not in _state:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+            _state["error"] = None
+        except Exception as exc:  # missing, or installed but broken (e.g. mismatched with torch)
+            _state["error"] = f"Triton is not importable ({type(exc).__name__}: {exc}); pip install triton"
+    return _state["error"]
 
 
-def __dir__():
-    return sorted(list(globals()) + __all__)
+def unavailable_reason(device_type: str) -> str | None:
+    """Why the Triton kernels cannot run on ``device_type`` tensors here; ``None`` if they can."""
+    if device_type == "cpu" and not interpreting():
+        return "Triton kernels run on CUDA GPUs (on CPU tensors only in the interpreter, TRITON_INTERPRET=1)"
+    if device_type not in ("cpu", "cuda"):
+        return f"Triton kernels run on CUDA tensors, not {device_type}"
+    error = _import_error()
+    if error is not None:
+        return error
+    if device_type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+    return None

@@ -26,10 +26,14 @@ How (per sample ``n``, the tensor is seen as a ``C × S`` matrix, ``S`` = spatia
 
 Layouts: any tensor whose spatial dimensions are packed one after another (``NCHW``-contiguous
 and channels-last both qualify; others are made contiguous). Tiles are ``BLOCK_C × BLOCK_S``,
-shaped so that the unit-stride axis is the long one. Arithmetic in float64 for float64 tensors and
-in float32 otherwise (bf16/fp16 are loaded, upcast, and rounded once at the store). Under
-``TRITON_INTERPRET=1`` (CPU tests) the kernels run in Triton's interpreter; kernels are decorated
-lazily per mode, as in ``fused_step``.
+shaped so that the unit-stride axis is the long one. Grids put the spatial tiles on their first
+axis (up to 2³¹ − 1 programs; the other axes are limited to 65 535), so any image size launches.
+Arithmetic in float64 for float64 tensors and in float32 otherwise (bf16/fp16 are loaded,
+upcast, and rounded once at the store). Nothing waits for the GPU: the per-chunk counts the host
+merge needs are made on the device. The kernels are decorated once, when this module is imported
+(in Triton's interpreter under ``TRITON_INTERPRET=1``, as on the CPU test machines). Sizes are
+not specialised on (one compiled variant serves all sizes of a layout); strides are, since a unit
+stride decides how loads vectorise.
 """
 from __future__ import annotations
 
@@ -44,22 +48,63 @@ __all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "SUPPORTED_DTY
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TILE = 2048          # elements per tile
 _INT32_LIMIT = 2**31 - 1
+_SIZES = ["C", "S", "CG", "G", "s_per_prog", "P"]  # not specialised on: see the module docstring
 
 
-def _interpreting() -> bool:
-    return bool(triton.knobs.runtime.interpret)
+# --- shared device helpers -------------------------------------------------------------------------
 
-
-def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, sN, sC, sS,
-                   COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0)
-    cb = tl.program_id(1)
-    p = tl.program_id(2)
+@triton.jit
+def _program(C, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(spatial tile or chunk, sample, its channels, their mask) of this program."""
+    tile = tl.program_id(0)
+    n = tl.program_id(1)
     if USE_INT64:
         n = n.to(tl.int64)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    pivot = tl.load(x_ptr + n * sN + (c // CG) * CG * sC, mask=cmask, other=0.0).to(COMPUTE)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tile, n, c, c < C
+
+
+@triton.jit
+def _pivot(x_ptr, n, c, cmask, CG, sN, sC, COMPUTE: tl.constexpr):
+    """Each channel's group's first element: statistics are taken relative to it."""
+    return tl.load(x_ptr + n * sN + (c // CG) * CG * sC, mask=cmask, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE: tl.constexpr):
+    """Per channel: the pivot, its group's mean and rstd, and the affine weight and bias."""
+    g = n * G + c // CG
+    mean = tl.load(mean_ptr + g, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + g, mask=cmask, other=0.0)
+    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
+    b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
+    return _pivot(x_ptr, n, c, cmask, CG, sN, sC, COMPUTE), mean, rstd, w, b
+
+
+@triton.jit
+def _sigmoid(u):
+    e = tl.exp(-tl.abs(u))  # no overflow for either sign
+    return tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _normalized(x_ptr, dy_ptr, offs, d_offs, mask, pivot, mean, rstd, w, b, COMPUTE: tl.constexpr):
+    """``(x̂, du)``: the normalised input and ``dy · silu'(u)`` with ``u = x̂ w + b`` (masked elements: 0)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    dy = tl.load(dy_ptr + d_offs, mask=mask, other=0.0).to(COMPUTE)
+    xhat = (x - pivot[:, None] - mean[:, None]) * rstd[:, None]
+    u = xhat * w[:, None] + b[:, None]
+    sig = _sigmoid(u)
+    return xhat, dy * sig * (1.0 + u * (1.0 - sig))
+
+
+# --- the kernels -----------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=_SIZES)
+def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, sN, sC, sS,
+                   COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    p, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    pivot = _pivot(x_ptr, n, c, cmask, CG, sN, sC, COMPUTE)
     start = p * s_per_prog
     end = tl.minimum(start + s_per_prog, S)
     mean = tl.zeros((BLOCK_C,), COMPUTE)
@@ -67,67 +112,43 @@ def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, sN, sC, s
     count = tl.full((), 0.0, COMPUTE)
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        smask = s < end
-        mask = cmask[:, None] & smask[None, :]
+        mask = cmask[:, None] & (s < end)[None, :]
         x = tl.load(x_ptr + n * sN + c[:, None] * sC + s[None, :] * sS, mask=mask, other=0.0).to(COMPUTE)
         x = tl.where(mask, x - pivot[:, None], 0.0)
         cnt = tl.minimum(end - s0, BLOCK_S).to(COMPUTE)
         bmean = tl.sum(x, axis=1) / cnt
         dev = tl.where(mask, x - bmean[:, None], 0.0)
-        bm2 = tl.sum(dev * dev, axis=1)
         total = count + cnt
         delta = bmean - mean
         mean = mean + delta * (cnt / total)
-        m2 = m2 + bm2 + delta * delta * (count * cnt / total)
+        m2 = m2 + tl.sum(dev * dev, axis=1) + delta * delta * (count * cnt / total)
         count = total
     out = (n * C + c) * P + p
     tl.store(pmean_ptr + out, mean, mask=cmask)
     tl.store(pm2_ptr + out, m2, mask=cmask)
 
 
+@triton.jit(do_not_specialize=_SIZES)
 def _apply(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, S, CG, G, sN, sC, sS,
            COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0)
-    cb = tl.program_id(1)
-    sb = tl.program_id(2)
-    if USE_INT64:
-        n = n.to(tl.int64)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    sb, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    cmask = c < C
     mask = cmask[:, None] & (s < S)[None, :]
-    g = n * G + c // CG
-    mean = tl.load(mean_ptr + g, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + g, mask=cmask, other=0.0)
-    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    pivot = tl.load(x_ptr + n * sN + (c // CG) * CG * sC, mask=cmask, other=0.0).to(COMPUTE)
+    pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
     scale = rstd * w
     shift = b - mean * scale
     offs = n * sN + c[:, None] * sC + s[None, :] * sS
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     u = (x - pivot[:, None]) * scale[:, None] + shift[:, None]
-    e = tl.exp(-tl.abs(u))                                    # sigmoid without overflow
-    y = u * tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, (u * _sigmoid(u)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=_SIZES)
 def _grad_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, psum_ptr, psum_xhat_ptr,
                C, S, CG, G, s_per_prog, P, sN, sC, sS, dN, dC, dS,
                COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0)
-    cb = tl.program_id(1)
-    p = tl.program_id(2)
-    if USE_INT64:
-        n = n.to(tl.int64)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    g = n * G + c // CG
-    mean = tl.load(mean_ptr + g, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + g, mask=cmask, other=0.0)
-    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    pivot = tl.load(x_ptr + n * sN + (c // CG) * CG * sC, mask=cmask, other=0.0).to(COMPUTE)
+    p, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
     start = p * s_per_prog
     end = tl.minimum(start + s_per_prog, S)
     acc = tl.zeros((BLOCK_C,), COMPUTE)
@@ -135,13 +156,8 @@ def _grad_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, psum_ptr, psum_x
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask = cmask[:, None] & (s < end)[None, :]
-        x = tl.load(x_ptr + n * sN + c[:, None] * sC + s[None, :] * sS, mask=mask, other=0.0).to(COMPUTE)
-        dy = tl.load(dy_ptr + n * dN + c[:, None] * dC + s[None, :] * dS, mask=mask, other=0.0).to(COMPUTE)
-        xhat = (x - pivot[:, None] - mean[:, None]) * rstd[:, None]
-        u = xhat * w[:, None] + b[:, None]
-        e = tl.exp(-tl.abs(u))
-        sig = tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        du = dy * sig * (1.0 + u * (1.0 - sig))   # masked elements: dy = 0, so du = 0
+        xhat, du = _normalized(x_ptr, dy_ptr, n * sN + c[:, None] * sC + s[None, :] * sS,
+                               n * dN + c[:, None] * dC + s[None, :] * dS, mask, pivot, mean, rstd, w, b, COMPUTE)
         acc += tl.sum(du, axis=1)
         acc_xhat += tl.sum(du * xhat, axis=1)
     out = (n * C + c) * P + p
@@ -149,53 +165,25 @@ def _grad_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, psum_ptr, psum_x
     tl.store(psum_xhat_ptr + out, acc_xhat, mask=cmask)
 
 
+@triton.jit(do_not_specialize=_SIZES)
 def _grad_input(dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, c1_ptr, c2_ptr,
                 C, S, CG, G, sN, sC, sS, dN, dC, dS,
                 COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    n = tl.program_id(0)
-    cb = tl.program_id(1)
-    sb = tl.program_id(2)
-    if USE_INT64:
-        n = n.to(tl.int64)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    sb, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    cmask = c < C
     mask = cmask[:, None] & (s < S)[None, :]
+    pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
     g = n * G + c // CG
-    mean = tl.load(mean_ptr + g, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + g, mask=cmask, other=0.0)
     c1 = tl.load(c1_ptr + g, mask=cmask, other=0.0)
     c2 = tl.load(c2_ptr + g, mask=cmask, other=0.0)
-    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(COMPUTE)
-    pivot = tl.load(x_ptr + n * sN + (c // CG) * CG * sC, mask=cmask, other=0.0).to(COMPUTE)
     offs = n * sN + c[:, None] * sC + s[None, :] * sS
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    dy = tl.load(dy_ptr + n * dN + c[:, None] * dC + s[None, :] * dS, mask=mask, other=0.0).to(COMPUTE)
-    xhat = (x - pivot[:, None] - mean[:, None]) * rstd[:, None]
-    u = xhat * w[:, None] + b[:, None]
-    e = tl.exp(-tl.abs(u))
-    sig = tl.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    dxhat = dy * sig * (1.0 + u * (1.0 - sig)) * w[:, None]
-    dx = rstd[:, None] * (dxhat - c1[:, None] - xhat * c2[:, None])
+    xhat, du = _normalized(x_ptr, dy_ptr, offs, n * dN + c[:, None] * dC + s[None, :] * dS, mask, pivot, mean, rstd,
+                           w, b, COMPUTE)
+    dx = rstd[:, None] * (du * w[:, None] - c1[:, None] - xhat * c2[:, None])
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-_RAW = {"stats": _channel_stats, "apply": _apply, "grad_sums": _grad_sums, "grad_input": _grad_input}
-_DECORATED: dict = {}
-
-
-def _kernel(kind: str):
-    """The Triton kernel ``kind`` for the current mode (compiled or interpreted), decorated once."""
-    key = (kind, _interpreting())
-    if key not in _DECORATED:
-        _DECORATED[key] = triton.jit(_RAW[kind])
-    return _DECORATED[key]
-
-
-# ----------------------------------------------------------------------------------------------
-# Launchers
-# ----------------------------------------------------------------------------------------------
+# --- launchers -------------------------------------------------------------------------------------
 
 def _compute(dtype: torch.dtype):
     if dtype not in SUPPORTED_DTYPES:
@@ -228,7 +216,7 @@ def _tile(C: int, S: int, channel_unit_stride: bool):
 
 def _split(S: int, block_s: int, programs: int, device: torch.device):
     """Spatial chunk per reduction program and chunk count, so the grid fills the GPU."""
-    if _interpreting() or device.type != "cuda":
+    if device.type != "cuda":
         parts = 1
     else:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -237,40 +225,73 @@ def _split(S: int, block_s: int, programs: int, device: torch.device):
     return s_per_prog, triton.cdiv(S, s_per_prog)
 
 
-def _launch(kind, grid, args, meta, device):
-    kernel = _kernel(kind)
-    num_warps = 8 if meta["BLOCK_C"] * meta["BLOCK_S"] >= 2048 else 4
+def _check(x: torch.Tensor, num_groups: int) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"x must be (N, C, *spatial), got shape {tuple(x.shape)}")
+    if x.shape[1] % num_groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into num_groups={num_groups}")
+    _compute(x.dtype)
+
+
+class _Layout:
+    """Sizes, tiles and grids of one call, from a non-empty packed ``x`` (N, C, *spatial) and the group count."""
+
+    def __init__(self, x: torch.Tensor, num_groups: int):
+        self.N, self.C = x.shape[0], x.shape[1]
+        self.G, self.CG, self.S = num_groups, self.C // num_groups, math.prod(x.shape[2:])
+        self.tl_compute, self.compute = _compute(x.dtype)
+        self.sN, self.sC, self.sS = _strides(x)
+        self.bc, self.bs = _tile(self.C, self.S, self.sC == 1 and self.sS != 1)
+        self.cblocks = triton.cdiv(self.C, self.bc)
+        self.s_per_prog, self.P = _split(self.S, self.bs, self.N * self.cblocks, x.device)
+        self.device = x.device
+
+    def meta(self, *tensors):
+        use64 = max(t.numel() for t in tensors) + 2 * _TILE > _INT32_LIMIT
+        return dict(COMPUTE=self.tl_compute, USE_INT64=use64, BLOCK_C=self.bc, BLOCK_S=self.bs,
+                    num_warps=8 if self.bc * self.bs >= 2048 else 4)
+
+    @property
+    def reduce_grid(self):
+        return (self.P, self.N, self.cblocks)
+
+    @property
+    def map_grid(self):
+        return (triton.cdiv(self.S, self.bs), self.N, self.cblocks)
+
+    def chunk_counts(self) -> torch.Tensor:
+        """Elements in each spatial chunk of a reduction program, made on the device (no host sync)."""
+        starts = torch.arange(self.P, dtype=self.compute, device=self.device) * self.s_per_prog
+        return (self.S - starts).clamp_(max=self.s_per_prog)
+
+
+def _launch(kernel, grid, args, meta, device):
     if device.type == "cuda":
         with torch.cuda.device(device):
-            kernel[grid](*args, **meta, num_warps=num_warps)
+            kernel[grid](*args, **meta)
     else:
-        kernel[grid](*args, **meta, num_warps=num_warps)
+        kernel[grid](*args, **meta)
 
 
-def _group_merge(pmean, pm2, counts, N, G, CG, S, eps):
+def _group_merge(pmean, pm2, counts, L: _Layout, eps):
     """Per-group ``(mean, rstd)`` from per-channel, per-chunk means and centred sums of squares."""
-    pmean = pmean.view(N, G, CG, -1)
-    pm2 = pm2.view(N, G, CG, -1)
-    total = CG * S
+    pmean = pmean.view(L.N, L.G, L.CG, -1)
+    pm2 = pm2.view(L.N, L.G, L.CG, -1)
+    total = L.CG * L.S
     mean = (pmean * counts).sum((2, 3)) / total
     m2 = pm2.sum((2, 3)) + (counts * (pmean - mean[..., None, None]) ** 2).sum((2, 3))
     rstd = torch.rsqrt(m2 / total + eps)
     return mean.contiguous(), rstd.contiguous()
 
 
-def _common(x: torch.Tensor, num_groups: int):
-    if x.dim() < 2:
-        raise ValueError(f"x must be (N, C, *spatial), got shape {tuple(x.shape)}")
-    N, C = x.shape[0], x.shape[1]
-    if C % num_groups:
-        raise ValueError(f"{C} channels do not split into num_groups={num_groups}")
-    S = math.prod(x.shape[2:])
-    return N, C, S, C // num_groups
-
-
-def _chunk_counts(S, s_per_prog, P, dtype, device):
-    starts = torch.arange(P, dtype=torch.float64) * s_per_prog
-    return (torch.clamp(S - starts, max=s_per_prog)).to(device=device, dtype=dtype)
+def _packed_pair(x: torch.Tensor):
+    """``x`` with packed spatial dims and an empty tensor of its layout (both contiguous if the layout would differ)."""
+    x = _as_matrix(x)
+    out = torch.empty_like(x)
+    if out.stride() != x.stride():
+        x = x.contiguous()
+        out = torch.empty_like(x)
+    return x, out
 
 
 def group_norm_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int,
@@ -281,30 +302,21 @@ def group_norm_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     (float64 for float64 ``x``); ``mean`` is relative to each group's first element (see above):
     pass both unchanged to ``group_norm_silu_backward``.
     """
-    tl_compute, compute = _compute(x.dtype)
-    N, C, S, CG = _common(x, num_groups)
-    x = _as_matrix(x)
-    y = torch.empty_like(x)
-    if y.stride() != x.stride():
-        x = x.contiguous()
-        y = torch.empty_like(x)
+    _check(x, num_groups)
+    x, y = _packed_pair(x)
     weight, bias = weight.contiguous(), bias.contiguous()
     if x.numel() == 0:
-        empty = torch.empty((N, num_groups), dtype=compute, device=x.device)
+        empty = torch.empty((x.shape[0], num_groups), dtype=_compute(x.dtype)[1], device=x.device)
         return y, empty, empty.clone()
-    sN, sC, sS = _strides(x)
-    bc, bs = _tile(C, S, sC == 1 and sS != 1)
-    use64 = x.numel() + 2 * _TILE > _INT32_LIMIT
-    meta = dict(COMPUTE=tl_compute, USE_INT64=use64, BLOCK_C=bc, BLOCK_S=bs)
-    cblocks = triton.cdiv(C, bc)
-    s_per_prog, P = _split(S, bs, N * cblocks, x.device)
-    pmean = torch.empty((N, C, P), dtype=compute, device=x.device)
+    L = _Layout(x, num_groups)
+    meta = L.meta(x)
+    pmean = torch.empty((L.N, L.C, L.P), dtype=L.compute, device=x.device)
     pm2 = torch.empty_like(pmean)
-    _launch("stats", (N, cblocks, P), (x, pmean, pm2, C, S, CG, s_per_prog, P, sN, sC, sS), meta, x.device)
-    counts = _chunk_counts(S, s_per_prog, P, compute, x.device)
-    mean, rstd = _group_merge(pmean, pm2, counts, N, num_groups, CG, S, eps)
-    _launch("apply", (N, cblocks, triton.cdiv(S, bs)),
-            (x, y, mean, rstd, weight, bias, C, S, CG, num_groups, sN, sC, sS), meta, x.device)
+    _launch(_channel_stats, L.reduce_grid, (x, pmean, pm2, L.C, L.S, L.CG, L.s_per_prog, L.P, L.sN, L.sC, L.sS),
+            meta, x.device)
+    mean, rstd = _group_merge(pmean, pm2, L.chunk_counts(), L, eps)
+    _launch(_apply, L.map_grid, (x, y, mean, rstd, weight, bias, L.C, L.S, L.CG, L.G, L.sN, L.sC, L.sS), meta,
+            x.device)
     return y, mean, rstd
 
 
@@ -314,34 +326,25 @@ def group_norm_silu_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torc
 
     ``grad_x`` has ``x``'s dtype and layout; ``grad_weight``/``grad_bias`` have ``weight``'s dtype.
     """
-    tl_compute, compute = _compute(x.dtype)
-    N, C, S, CG = _common(x, num_groups)
-    x = _as_matrix(x)
+    _check(x, num_groups)
+    x, dx = _packed_pair(x)
     grad_y = _as_matrix(grad_y)
-    dx = torch.empty_like(x)
-    if dx.stride() != x.stride():
-        x = x.contiguous()
-        dx = torch.empty_like(x)
     weight, bias = weight.contiguous(), bias.contiguous()
     if x.numel() == 0:
         return dx, torch.zeros_like(weight), torch.zeros_like(bias)
-    sN, sC, sS = _strides(x)
+    L = _Layout(x, num_groups)
     dN, dC, dS = _strides(grad_y)
-    bc, bs = _tile(C, S, sC == 1 and sS != 1)
-    use64 = max(x.numel(), grad_y.numel()) + 2 * _TILE > _INT32_LIMIT
-    meta = dict(COMPUTE=tl_compute, USE_INT64=use64, BLOCK_C=bc, BLOCK_S=bs)
-    cblocks = triton.cdiv(C, bc)
-    s_per_prog, P = _split(S, bs, N * cblocks, x.device)
-    psum = torch.empty((N, C, P), dtype=compute, device=x.device)
+    meta = L.meta(x, grad_y)
+    psum = torch.empty((L.N, L.C, L.P), dtype=L.compute, device=x.device)
     psum_xhat = torch.empty_like(psum)
-    _launch("grad_sums", (N, cblocks, P),
-            (grad_y, x, mean, rstd, weight, bias, psum, psum_xhat, C, S, CG, num_groups, s_per_prog, P,
-             sN, sC, sS, dN, dC, dS), meta, x.device)
-    sum_du, sum_du_xhat = psum.sum(-1), psum_xhat.sum(-1)                     # (N, C)
-    w = weight.to(compute)
-    c1 = (sum_du * w).view(N, num_groups, CG).sum(-1).div_(CG * S).contiguous()       # mean of w·du per group
-    c2 = (sum_du_xhat * w).view(N, num_groups, CG).sum(-1).div_(CG * S).contiguous()  # mean of w·du·x̂ per group
-    _launch("grad_input", (N, cblocks, triton.cdiv(S, bs)),
-            (grad_y, x, dx, mean, rstd, weight, bias, c1, c2, C, S, CG, num_groups, sN, sC, sS, dN, dC, dS),
+    _launch(_grad_sums, L.reduce_grid,
+            (grad_y, x, mean, rstd, weight, bias, psum, psum_xhat, L.C, L.S, L.CG, L.G, L.s_per_prog, L.P,
+             L.sN, L.sC, L.sS, dN, dC, dS), meta, x.device)
+    sum_du, sum_du_xhat = psum.sum(-1), psum_xhat.sum(-1)                                   # (N, C)
+    w = weight.to(L.compute)
+    c1 = (sum_du * w).view(L.N, L.G, L.CG).sum(-1).div_(L.CG * L.S).contiguous()       # mean of w·du per group
+    c2 = (sum_du_xhat * w).view(L.N, L.G, L.CG).sum(-1).div_(L.CG * L.S).contiguous()  # mean of w·du·x̂ per group
+    _launch(_grad_input, L.map_grid,
+            (grad_y, x, dx, mean, rstd, weight, bias, c1, c2, L.C, L.S, L.CG, L.G, L.sN, L.sC, L.sS, dN, dC, dS),
             meta, x.device)
     return dx, sum_du_xhat.sum(0).to(weight.dtype), sum_du.sum(0).to(bias.dtype)

@@ -1,33 +1,54 @@
 """ld3m_fast: a fast, memory-bounded engine for LD3M dataset distillation through a latent diffusion model.
 
-Engine: ``render`` (LDM latents → images, differentiable, recomputed per step), ``DDIMSampler``
-(drop-in for the official sampler), ``denoise_step`` (the fused step). Models: ``load_ldm``,
-``build_ldm``, ``save_ldm``, ``optimize``, ``train_prior``. Distillation: ``distill``,
-``train_experts``, ``evaluate``. Data: ``load_dataset``. Networks and augmentation: ``get_network``,
-``dsa``.
+Engine (``ld3m_fast.engine``; torch only): ``render`` (LDM latents → images, differentiable,
+recomputed per step), ``DDIMSampler`` and ``patch_ldm`` (drop-in for the official sampler),
+``denoise_step`` (the fused step), ``reference`` (plain-PyTorch LD3M). Models (``ld3m_fast.models``;
+diffusers): ``load_ldm``, ``build_ldm``, ``save_ldm``, ``optimize``, ``train_prior``. Distillation
+(``ld3m_fast.distillation``): ``distill``, ``DistillConfig``, ``train_experts``, ``evaluate``. Data:
+``load_dataset``. Networks and augmentation: ``get_network``, ``train_network``, ``dsa``.
+
+Names are imported on first use, so ``import ld3m_fast`` is quick and needs neither diffusers nor
+Triton.
 """
-from .backends import available_backends
-from .model_adapter import LatentModel, as_denoiser, as_latent_model
-from .render import render
-from .sampler import DDIMSampler, patch_ldm
-from .schedule import DDIMSchedule, ddim_timesteps
-from .step import denoise_step
-from . import reference
-from . import data, nets
-from .data import ImageDataset, load_dataset
-from .nets import NETWORKS, get_network
-from .augment import DSA_STRATEGY, DSAParams, dsa
-from .train_net import test_accuracy, train_network
-from .evaluate import EvalTable, evaluate
-from .models import LDMConfig, build_ldm, load_ldm, optimize, save_ldm
-from .distill import DistillationDiverged, DistilledSet, ExpertBuffer, distill, train_experts
-from .prior import sample_prior, train_prior
-from . import demo
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["render", "DDIMSampler", "patch_ldm", "LatentModel", "as_denoiser", "as_latent_model",
-           "DDIMSchedule", "ddim_timesteps", "denoise_step", "available_backends", "reference",
-           "data", "ImageDataset", "load_dataset", "nets", "NETWORKS", "get_network", "DSA_STRATEGY", "DSAParams",
-           "dsa", "train_network", "test_accuracy", "EvalTable", "evaluate", "LDMConfig", "build_ldm", "load_ldm",
-           "optimize", "save_ldm", "distill", "train_experts", "ExpertBuffer", "DistilledSet", "DistillationDiverged",
-           "train_prior", "sample_prior", "demo"]
+
+_EXPORTS = {
+    # engine
+    "render": "engine.rendering", "DDIMSampler": "engine.sampler", "patch_ldm": "engine.sampler",
+    "LatentModel": "engine.latent_model", "as_denoiser": "engine.latent_model", "as_latent_model": "engine.latent_model",
+    "DDIMSchedule": "engine.schedule", "ddim_timesteps": "engine.schedule", "denoise_step": "engine.fused_step",
+    "available_backends": "engine.fused_step", "backend_status": "engine.fused_step",
+    # models
+    "LDMConfig": "models", "build_ldm": "models", "load_ldm": "models", "optimize": "models", "save_ldm": "models",
+    "train_prior": "models", "sample_prior": "models",
+    # distillation and evaluation
+    "distill": "distillation.run", "DistillConfig": "distillation.config", "train_experts": "distillation.experts",
+    "ExpertBuffer": "distillation.experts", "DistilledSet": "distillation.result",
+    "evaluate": "evaluation", "EvalTable": "evaluation",
+    # data, networks, augmentation
+    "ImageDataset": "data", "load_dataset": "data", "NETWORKS": "nets", "get_network": "nets",
+    "train_network": "nets.training", "test_accuracy": "nets.training",
+    "DSA_STRATEGY": "augment", "DSAParams": "augment", "dsa": "augment",
+    # errors
+    "LD3MError": "errors", "DistillationDiverged": "errors", "MissingDependencyError": "errors",
+}
+_MODULES = {"reference": "engine.reference", "engine": "engine", "models": "models", "distillation": "distillation",
+            "data": "data", "nets": "nets", "demo": "demo", "errors": "errors", "kernels": "kernels"}
+__all__ = sorted(_EXPORTS) + sorted(_MODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{_MODULES[name]}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # cached: the next access is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -87,7 +87,7 @@ def _load_data(args, split=None):
 
 
 def _add_knobs(p: argparse.ArgumentParser) -> None:
-    from .distill.config import DistillConfig
+    from .distillation.config import DistillConfig
 
     g = p.add_argument_group("distillation knobs (unset: the preset's default)")
     for f in dataclasses.fields(DistillConfig):
@@ -104,7 +104,7 @@ def _add_knobs(p: argparse.ArgumentParser) -> None:
 
 
 def _knobs(args) -> dict:
-    from .distill.config import knob_names
+    from .distillation.config import knob_names
 
     out = {}
     for name in knob_names():
@@ -123,7 +123,8 @@ def _load_model(args):
 
 
 def _distill(args) -> int:
-    from .distill import DistillationDiverged, distill
+    from .distillation.run import distill
+    from .errors import DistillationDiverged
     from .distributed import launched_by_torchrun
 
     distributed = launched_by_torchrun()  # torchrun --nproc_per_node=K -m ld3m_fast distill ...
@@ -161,8 +162,8 @@ def _distill(args) -> int:
 
 
 def _eval(args) -> int:
-    from .distill import DistilledSet
-    from .evaluate import evaluate
+    from .distillation.result import DistilledSet
+    from .evaluation import evaluate
 
     from .distributed import launched_by_torchrun
 
@@ -183,7 +184,7 @@ def _eval(args) -> int:
 
 
 def _experts(args) -> int:
-    from .distill import train_experts
+    from .distillation.experts import train_experts
 
     train = _load_data(args)
     buffer = train_experts(train, args.out, num_experts=args.num_experts, epochs=args.epochs, net=args.net,
@@ -195,7 +196,7 @@ def _experts(args) -> int:
 
 def _train_prior(args) -> int:
     from .image_grid import save_grid
-    from .prior import prior_report, train_prior
+    from .models.prior import prior_report, train_prior
 
     train = _load_data(args)
     test = _load_data(args, args.test_split)
@@ -235,30 +236,48 @@ def _demo(args) -> int:
 
 
 def _check(args) -> int:
-    from . import available_backends, reference, render
-    from .tiny import TinyLDM
+    import statistics
 
-    print(f"ld3m_fast on torch {torch.__version__}; backends available: {', '.join(available_backends())}")
-    model = TinyLDM(seed=args.seed)
+    from .engine import backend_status, reference, render
+    from .models import build_ldm
+
+    print(f"ld3m_fast on torch {torch.__version__}; fused-step backends:")
+    for name, reason in backend_status().items():
+        print(f"  {name:7s} {'available' if reason is None else 'unavailable: ' + reason}")
+    model = build_ldm("tiny").requires_grad_(False).eval()
     gen = torch.Generator().manual_seed(args.seed)
-    Z = torch.randn(args.images, 3, 8, 8, generator=gen).requires_grad_(True)
+    shape = (model.channels, model.image_size, model.image_size)
+    Z = torch.randn(args.images, *shape, generator=gen).requires_grad_(True)
     c = model.get_learned_conditioning(torch.arange(args.images) % model.n_classes).clone().requires_grad_(True)
-    target = torch.rand(args.images, 3, 32, 32, generator=gen)
+    target = torch.rand(args.images, model.config.image_channels, model.config.image_size, model.config.image_size,
+                        generator=gen)
 
     def loss_fn(images):
         return ((images - target) ** 2).mean()
 
-    start = time.perf_counter()
-    loss_fn(render(model, Z, c, args.steps, seed=args.seed, progress=True)).backward()
-    engine_s, gZ = time.perf_counter() - start, Z.grad.clone()
-    Z.grad = c.grad = None
-    start = time.perf_counter()
-    reference.official_backward(model, Z, c, loss_fn, args.steps, seed=args.seed)
-    reference_s = time.perf_counter() - start
-    err = float((gZ - Z.grad).norm() / Z.grad.norm())
-    print(f"render+backward of {args.images} images, {args.steps} steps: engine {engine_s:.2f} s, "
-          f"official-style reference {reference_s:.2f} s ({reference_s / engine_s:.2f}x); "
-          f"gradient relative difference {err:.1e}")
+    def engine():
+        Z.grad = c.grad = None
+        loss_fn(render(model, Z, c, args.steps, seed=args.seed)).backward()
+        return Z.grad.clone()
+
+    def official():
+        Z.grad = c.grad = None
+        reference.official_backward(model, Z, c, loss_fn, args.steps, seed=args.seed)
+        return Z.grad.clone()
+
+    times = {"engine": [], "official": []}
+    grads = {}
+    for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
+        for name, fn in (("engine", engine), ("official", official)):
+            start = time.perf_counter()
+            grads[name] = fn()
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+    engine_s, official_s = statistics.median(times["engine"]), statistics.median(times["official"])
+    err = float((grads["engine"] - grads["official"]).norm() / grads["official"].norm())
+    print(f"render+backward of {args.images} images, {args.steps} steps, tiny LDM (median of {args.repeats} "
+          f"interleaved runs after a warm-up): engine {engine_s:.3f} s, official-style reference {official_s:.3f} s "
+          f"({official_s / engine_s:.2f}x); gradient relative difference {err:.1e}")
     ok = err < 1e-4
     print("check passed" if ok else "check FAILED: engine and reference gradients differ")
     return 0 if ok else 1
@@ -338,9 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=_demo)
 
-    check = sub.add_parser("check", help="show backends and compare engine vs reference on a tiny model")
+    check = sub.add_parser("check", help="list the backends (and why one is missing); compare engine and reference "
+                                          "on a tiny model: gradients and speed")
     check.add_argument("--images", type=int, default=20, help="number of latents to render (default 20)")
     check.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    check.add_argument("--repeats", type=int, default=3, help="timed runs of each, interleaved (default 3)")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_check)
     return parser

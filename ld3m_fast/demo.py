@@ -54,10 +54,10 @@ def prior_path() -> Path:
 def run_demo(out="demo", quick: bool = False, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Run the demo; returns the report (also written to ``<out>/report.json``)."""
     from .data import embedded_fashion_mnist
-    from .distill import distill
-    from .distill.real_data import as_real_data
-    from .distill.synthetic import initial_real_indices
-    from .evaluate import evaluate
+    from .distillation.real_data import as_real_data
+    from .distillation.run import distill
+    from .distillation.synthetic import initial_real_indices
+    from .evaluation import evaluate
     from .models import load_ldm
 
     s = settings or (QUICK if quick else DemoSettings())

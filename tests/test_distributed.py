@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ld3m_fast.distill import DistilledSet, distill, train_experts
+from ld3m_fast.distillation import DistilledSet, distill, train_experts
 from ld3m_fast.distributed import Group, shard_classes
-from ld3m_fast.evaluate import evaluate
-from ld3m_fast.tiny import TinyLDM
-from test_distill import SMALL, toy_data
+from ld3m_fast.evaluation import evaluate
+from tests.helpers.compvis_style import CompVisStyleLDM
+from tests.helpers.toy import SMALL, toy_data
 
 WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
 sys.path.insert(0, str(WORKER.parent))
@@ -48,7 +48,7 @@ def test_two_ranks_give_what_one_process_gives(sharded, experts, name):
     kw = dict(SMALL, **extra)
     if algorithm == "mtt":
         kw["experts"] = experts.path
-    single = distill(toy_data(), TinyLDM(seed=3) if space == "latent" else None, ipc=2, algorithm=algorithm,
+    single = distill(toy_data(), CompVisStyleLDM(seed=3) if space == "latent" else None, ipc=2, algorithm=algorithm,
                      iterations=3, seed=2, **kw)
     both = DistilledSet.load(sharded / name)
     assert torch.equal(both.labels, single.labels)

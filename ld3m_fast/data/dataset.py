@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
+from ..normalization import normalize
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -103,9 +105,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(images − mean) / std per channel, for images in [0, 1] shaped (…, C, H, W)."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        return (images - mean) / std
+        return normalize(images, self.mean, self.std)
 
     def _check_class(self, c: int) -> int:
         try:

@@ -3,7 +3,7 @@
 The full set (60 000 + 10 000 images, 28×28, 10 classes) is read from a folder holding the four
 IDX files (gzip or not), by default Debian's package ``dataset-fashion-mnist``. The embedded subset
 (``embedded/fashion-mnist/``: the first 400 training and 200 test images of every class, made by
-``python -m ld3m_fast.data.make_embedded``) needs nothing outside the package and is the offline
+``python scripts/make_embedded_fashion_mnist.py``) needs nothing outside the package and is the offline
 default. Fashion-MNIST is © 2017 Zalando SE, MIT licence (notice beside the embedded files).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 EMBEDDED_FASHION_MNIST = Path(__file__).resolve().parent / "embedded" / "fashion-mnist"
+EMBEDDED_PER_CLASS = {"train": 400, "test": 200}  # images of every class in the embedded subset
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -100,5 +101,5 @@ def embedded_fashion_mnist(split: str = "train") -> ImageDataset:
     split = _check_split(split)
     if _folder_with_files(EMBEDDED_FASHION_MNIST, split) is None:
         raise FileNotFoundError(f"the embedded Fashion-MNIST files are missing from {EMBEDDED_FASHION_MNIST} "
-                                "(broken install?); recreate them with `python -m ld3m_fast.data.make_embedded`")
+                                "(broken install?); recreate them with `python scripts/make_embedded_fashion_mnist.py`")
     return read_fashion_mnist(EMBEDDED_FASHION_MNIST, split, name="fashion-mnist")

@@ -27,3 +27,26 @@ def image_label_pair(obj, name: str = "data") -> tuple[torch.Tensor, torch.Tenso
                         f"dataset of (image, label); got {type(obj).__name__}")
     labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
     return (images.detach() if isinstance(images, torch.Tensor) else images), labels.detach()
+
+
+def check_images_labels(images, labels, name: str = "images", labels_name: str = "labels") -> None:
+    """Shapes, dtypes and finiteness of an (images, labels) pair: images (N, C, H, W) uint8 or float, labels 1-D
+    integer class indices >= 0, one per image."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"{name} must be a tensor (N, C, H, W), got "
+                         + (f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__))
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise TypeError(f"{name} has dtype {images.dtype}; pass float images in [0, 1] or uint8 images")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError(f"{labels_name} must be a 1-D tensor of class indices, got "
+                         + (f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__))
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{labels_name} has dtype {labels.dtype}; pass integer class indices ({labels_name}.long())")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{name} has {images.shape[0]} images but {labels_name} has {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if labels.min() < 0:
+        raise ValueError(f"{labels_name} has negative class indices ({int(labels.min())}); labels must be 0..C-1")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name} has {int((~torch.isfinite(images)).sum())} NaN/Inf values")

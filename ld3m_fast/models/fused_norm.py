@@ -8,37 +8,21 @@ reference and says so once, in one warning line per reason.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import kernels
+
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
-_triton_ok: bool | None = None
 
 
 def reference_group_norm_silu(x, weight, bias, num_groups: int, eps: float) -> torch.Tensor:
     """The plain-PyTorch definition: ``silu(group_norm(x))``."""
     return F.silu(F.group_norm(x, num_groups, weight, bias, eps))
-
-
-def _has_triton() -> bool:
-    global _triton_ok
-    if _triton_ok is None:
-        try:
-            import triton  # noqa: F401
-            import triton.language  # noqa: F401
-            _triton_ok = True
-        except Exception:  # missing or broken install
-            _triton_ok = False
-    return _triton_ok
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def kernel_unsupported_reason(x: torch.Tensor, weight, bias) -> str | None:
@@ -47,11 +31,7 @@ def kernel_unsupported_reason(x: torch.Tensor, weight, bias) -> str | None:
         return "the GroupNorm has no affine weight/bias"
     if x.dtype not in _DTYPES:
         return f"dtype {x.dtype} is not supported by the kernel (supported: float64/32, bfloat16, float16)"
-    if not (x.is_cuda or (x.device.type == "cpu" and _interpreting())):
-        return f"tensors on {x.device.type} (the Triton kernel needs a CUDA GPU)"
-    if not _has_triton():
-        return "Triton is not installed (pip install triton)"
-    return None
+    return kernels.unavailable_reason(x.device.type)
 
 
 def warn_once(message: str) -> None:
@@ -68,7 +48,7 @@ def fallback_message(reason: str) -> str:
 class _GroupNormSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps):
-        from ld3m_fast.kernels import group_norm_silu_forward
+        from ..kernels.groupnorm_silu import group_norm_silu_forward
         y, mean, rstd = group_norm_silu_forward(x, weight, bias, num_groups, eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.num_groups = num_groups
@@ -76,8 +56,8 @@ class _GroupNormSiLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        from ld3m_fast.kernels import group_norm_silu_backward
         x, weight, bias, mean, rstd = ctx.saved_tensors
+        from ..kernels.groupnorm_silu import group_norm_silu_backward
         dx, dw, db = group_norm_silu_backward(grad_y, x, weight, bias, mean, rstd, ctx.num_groups)
         return dx, dw, db, None, None
 

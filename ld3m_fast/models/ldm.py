@@ -12,11 +12,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch import nn
 
 from .config import LDMConfig, UNetConfig, get_config
+from .dependency import require_diffusers
+from .parts import ClassEmbedder
 from .vq import VQFirstStage, _autocast
+
+require_diffusers()
+from diffusers import UNet2DConditionModel  # noqa: E402
 
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
@@ -59,22 +63,6 @@ def build_unet(cfg: LDMConfig) -> UNet2DConditionModel:
         attention_head_dim=heads,  # diffusers' (historical) name for the number of heads
         norm_num_groups=u.norm_groups, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
         downsample_padding=1, use_linear_projection=False, upcast_attention=False)
-
-
-class ClassEmbedder(nn.Module):
-    """CompVis ``ClassEmbedder``: labels → ``(B, 1, D)`` contexts; ``n_classes + 1`` rows, the last unconditional."""
-
-    def __init__(self, n_classes: int, embed_dim: int, key: str = "class_label"):
-        super().__init__()
-        self.key = key
-        self.embedding = nn.Embedding(n_classes + 1, embed_dim)
-
-    def forward(self, batch, key: str | None = None) -> torch.Tensor:
-        labels = batch[key or self.key] if isinstance(batch, dict) else batch
-        labels = torch.as_tensor(labels, device=self.embedding.weight.device)
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"class labels must be integers, got {labels.dtype}")
-        return self.embedding(labels.long().reshape(-1))[:, None]
 
 
 class DiffusionWrapper(nn.Module):

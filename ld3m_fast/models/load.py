@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from ..devices import resolve_device
 from .compvis import compvis_to_state_dict
 from .config import NAMED_CONFIGS, LDMConfig, get_config
 from .files import is_safetensors, read_checkpoint, read_safetensors
@@ -28,16 +29,6 @@ def _dtype(dtype) -> torch.dtype:
         return dtype
     raise ValueError(f"dtype={dtype!r} is not a floating-point dtype: use torch.float32, torch.float64, "
                      "torch.bfloat16 or torch.float16")
-
-
-def _device(device) -> torch.device:
-    try:
-        dev = torch.device(device if device is not None else "cpu")
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device ({err}); use e.g. 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: no CUDA GPU is available here; use device='cpu'")
-    return dev
 
 
 def model_from_state_dict(cfg: LDMConfig, state_dict: dict, source: str) -> LatentDiffusion:
@@ -89,12 +80,13 @@ def load_ldm(name_or_path, checkpoint=None, device=None, dtype=None, *, freeze: 
         checkpoint: with a name or config, a CompVis-layout checkpoint to load into it (e.g. the
             CompVis ``cin256-v2`` ``model.ckpt``, a Lightning checkpoint). Without one, a named
             architecture gets random weights.
-        device, dtype: where and in which floating dtype the model lives (default CPU, float32).
+        device, dtype: where and in which floating dtype the model lives (default: a CUDA GPU when one is visible,
+            else the CPU — ``ld3m_fast.devices``; float32).
         freeze: ``requires_grad_(False)`` and ``eval()`` (the engine differentiates latents, not weights).
 
     Checkpoints are read with ``torch.load(weights_only=True)``: no code from a file runs.
     """
-    dtype, device = _dtype(dtype), _device(device)
+    dtype, device = _dtype(dtype), resolve_device(device)
     if isinstance(name_or_path, str) and name_or_path in SHIPPED:
         name_or_path = shipped_path(name_or_path)
     is_name = isinstance(name_or_path, (LDMConfig, dict)) or (

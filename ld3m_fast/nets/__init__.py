@@ -85,6 +85,15 @@ def network_family(name: str) -> str:
     return parse_network_name(name)[0]
 
 
+def network_depth(name: str, image_size, depth: int | None = None) -> int | None:
+    """The depth a network called ``name`` gets: ``depth`` if given, else for a ConvNet whose name sets none,
+    ``default_depth(image_size)``; ``None`` (the network's own) otherwise."""
+    family, options = parse_network_name(name)
+    if depth is None and family == "ConvNet" and "depth" not in options:
+        return default_depth(image_size)
+    return depth
+
+
 def get_network(name: str, channels: int, num_classes: int, image_size, *, width: int = 128,
                 depth: int | None = None, norm: str = "instancenorm", seed: int | None = None,
                 **kwargs) -> nn.Module:
@@ -145,5 +154,6 @@ def get_network(name: str, channels: int, num_classes: int, image_size, *, width
         raise
 
 
-__all__ = ["NETWORKS", "NORMS", "get_network", "parse_network_name", "network_family", "default_depth",
+__all__ = ["NETWORKS", "NORMS", "get_network", "parse_network_name", "network_family", "network_depth",
+           "default_depth",
            "ConvNet", "AlexNet", "VGG11", "ResNet18", "ViT"]

@@ -1,6 +1,6 @@
 """Vision transformer as used by GLaD/LD3M (the lucidrains ViT layout).
 
-From 64 px on (the ImageNet setting, DESIGN §2): patch 16, dim 512, depth 10, 8 heads of 64, MLP 512,
+From 64 px on (the ImageNet setting, docs/design.md §8): patch 16, dim 512, depth 10, 8 heads of 64, MLP 512,
 dropout 0.1, no LayerNorm (GLaD's ImageNet ViT has its LayerNorms removed). At 28/32 px GLaD uses its CIFAR
 ViT: patch 4 (7x7 or 8x8 patches), depth 6, pre-norm LayerNorms and a LayerNorm in the head; we do the same.
 Every setting can be overridden; ``width`` scales dim, MLP and head size by ``width / 128``.

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_distill import SMALL, toy_data  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `tests` is a package there
+from tests.helpers.toy import SMALL, toy_data  # noqa: E402
 
-from ld3m_fast.distill import distill  # noqa: E402
-from ld3m_fast.evaluate import evaluate  # noqa: E402
-from ld3m_fast.tiny import TinyLDM  # noqa: E402
+from ld3m_fast.distillation import distill  # noqa: E402
+from ld3m_fast.evaluation import evaluate  # noqa: E402
+from tests.helpers.compvis_style import CompVisStyleLDM  # noqa: E402
 
 EVAL = dict(archs=("ConvNet", "AlexNet"), repeats=2, epochs=2, net_kwargs={"width": 16}, progress=False, seed=3)
 CASES = {  # name -> (space, algorithm, extra knobs)
@@ -24,7 +24,7 @@ CASES = {  # name -> (space, algorithm, extra knobs)
 
 def run_case(name, out, experts, seed=2, data=None):
     space, algorithm, extra = CASES[name]
-    model = TinyLDM(seed=3) if space == "latent" else None
+    model = CompVisStyleLDM(seed=3) if space == "latent" else None
     kw = dict(SMALL, **extra)
     if algorithm == "mtt":
         kw["experts"] = experts
@@ -54,7 +54,7 @@ def main():
             images, labels = toy_data(classes=1)
             run_case("dm", args.out, args.experts, data=(images, labels))
         elif args.case == "rank_dies":
-            from ld3m_fast.distill import dm
+            from ld3m_fast.distillation import dm
 
             original = dm.DM.iteration
 

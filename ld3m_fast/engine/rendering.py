@@ -40,9 +40,10 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def _measure(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule):
-    """What the planner needs: one image's activations in a (guided) denoiser call and in the decoder, the bytes
-    of one step's latents for all images, and what the rendering keeps for all images besides."""
+def cost_probe(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule):
+    """A function returning what the planner needs (``resolve_plan``'s ``measure``): one image's activations in a
+    (guided) denoiser call and in the decoder, the bytes of one step's latents for all images, and what the rendering
+    keeps for all images besides. ``uc`` is one unconditional context row or ``None``."""
     def measure():
         z1 = Z[:1].detach().requires_grad_(True)
         t = torch.full((1,), schedule.timesteps[0], device=Z.device, dtype=torch.long)
@@ -95,7 +96,7 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     uc = guidance_contexts(schedule, uc)
     plan = resolve_plan(n, schedule.num_steps, budget, chunk_size=chunk_size, keep_steps=keep_steps,
                         latent_stride=latent_stride, allow_thinning=eta == 0,
-                        measure=_measure(lm, Z, c, None if uc is None else uc[:1], schedule))
+                        measure=cost_probe(lm, Z, c, None if uc is None else uc[:1], schedule))
     gen = make_generator(seed, generator)
     if noise is None:
         noise = start_noise(Z, gen)

@@ -1,10 +1,13 @@
-"""Shared test set-up: Triton runs in its interpreter on CPU-only machines; the poisoned-memory fixture."""
+"""Shared test set-up: Triton runs in its interpreter on CPU-only machines, TF32 is off on GPUs; poisoned memory."""
 import os
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported (and decorated)
+# fp32 parity is compared against fp32 tolerances: no TF32 matmuls or convolutions on GPUs
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 import pytest  # noqa: E402
 

@@ -27,6 +27,10 @@ How:
 - Compiled (GPUs), the block size is autotuned per power-of-two bucket of ``n`` (not per exact
   ``n``: one tuning serves all sizes of a bucket); in the interpreter (CPU tests) one fixed
   configuration runs. The kernels are decorated once, when this module is imported.
+- Compiled variants: ``n`` is specialised only as Triton does by default, on divisibility by 16
+  (and ``n == 1``): with it the tail mask is constant over 16-element groups and every load and
+  store is a 128-bit vector, without it each element is loaded alone. Latents (``N × 3 × 64²``)
+  always divide. The bucket argument is not specialised.
 """
 from __future__ import annotations
 
@@ -82,9 +86,12 @@ def _c(x, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _div(a, b, COMPUTE: tl.constexpr):
+    # if/else, not an early return: the compiler would still build the code after it, div_rn of float64s
     if COMPUTE == tl.float64:
-        return a / b
-    return tl.div_rn(a, b)  # IEEE division: fp32 `/` compiles to the approximate div.full.f32
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)  # IEEE division: fp32 `/` compiles to the approximate div.full.f32
+    return q
 
 
 # --- the kernels -----------------------------------------------------------------------------------
@@ -141,7 +148,7 @@ def _step_backward_kernel(
 
 
 def _decorate(fn):
-    # n is specialised (divisibility by 16 lets masked loads vectorise); the bucket key is not.
+    # n is specialised (divisibility by 16 lets masked loads vectorise: see above); the bucket key is not.
     kernel = triton.jit(fn, do_not_specialize=["n_bucket"])
     return kernel if INTERPRETED else triton.autotune(configs=_GPU_CONFIGS, key=["n_bucket"])(kernel)
 

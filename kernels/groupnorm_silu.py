@@ -26,14 +26,21 @@ How (per sample ``n``, the tensor is seen as a ``C × S`` matrix, ``S`` = spatia
 
 Layouts: any tensor whose spatial dimensions are packed one after another (``NCHW``-contiguous
 and channels-last both qualify; others are made contiguous). Tiles are ``BLOCK_C × BLOCK_S``,
-shaped so that the unit-stride axis is the long one. Grids put the spatial tiles on their first
-axis (up to 2³¹ − 1 programs; the other axes are limited to 65 535), so any image size launches.
-Arithmetic in float64 for float64 tensors and in float32 otherwise (bf16/fp16 are loaded,
-upcast, and rounded once at the store). Nothing waits for the GPU: the per-chunk counts the host
-merge needs are made on the device. The kernels are decorated once, when this module is imported
-(in Triton's interpreter under ``TRITON_INTERPRET=1``, as on the CPU test machines). Sizes are
-not specialised on (one compiled variant serves all sizes of a layout); strides are, since a unit
-stride decides how loads vectorise.
+shaped so that the unit-stride axis is the long one. Grids are one axis of
+``tiles × channel blocks × N`` programs (CUDA allows 2³¹ − 1 on axis 0 but only 65 535 on the
+others), so any image size and batch launches. Arithmetic in float64 for float64 tensors and in
+float32 otherwise (bf16/fp16 are loaded, upcast, and rounded once at the store). Nothing waits
+for the GPU: the per-chunk counts the host merge needs are made on the device. The kernels are
+decorated once, when this module is imported (in Triton's interpreter under
+``TRITON_INTERPRET=1``, as on the CPU test machines).
+
+Compiled variants: strides are specialised (a unit stride decides how loads vectorise), and so
+are ``C`` and ``S``, but only as far as Triton does by default, on divisibility by 16: they bound
+the masks along the unit-stride axis, and a mask known constant over 16-element groups lets the
+masked loads and stores be 128-bit vectors (unknown, every element is loaded alone). Their
+divisibility mostly repeats that of the strides (``S`` or ``C`` is a stride), so it adds few
+variants. Group sizes, chunk sizes and counts are not specialised (``_SIZES``); chunk starts are
+declared multiples of ``BLOCK_S`` instead (``tl.multiple_of``), which the launcher guarantees.
 """
 from __future__ import annotations
 
@@ -43,25 +50,29 @@ import torch
 import triton
 import triton.language as tl
 
+from ld3m_fast.errors import InvalidArgumentError
+
 __all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TILE = 2048          # elements per tile
 _INT32_LIMIT = 2**31 - 1
-_SIZES = ["C", "S", "CG", "G", "s_per_prog", "P"]  # not specialised on: see the module docstring
+_SIZES = ["CG", "G", "s_per_prog", "P", "tiles", "cblocks"]  # not specialised on: see the module docstring
 
 
 # --- shared device helpers -------------------------------------------------------------------------
 
 @triton.jit
-def _program(C, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(spatial tile or chunk, sample, its channels, their mask) of this program."""
-    tile = tl.program_id(0)
-    n = tl.program_id(1)
+def _program(C, tiles, cblocks, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(spatial tile or chunk, sample, its channels, their mask) of this program. The grid is one axis
+    (``tiles × cblocks × N`` programs, tile fastest): axis 0 takes 2³¹ − 1 programs, the others 65 535."""
+    pid = tl.program_id(0)
+    rest = pid // tiles
+    n = rest // cblocks
     if USE_INT64:
         n = n.to(tl.int64)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return tile, n, c, c < C
+    c = (rest % cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid % tiles, n, c, c < C
 
 
 @triton.jit
@@ -100,19 +111,26 @@ def _normalized(x_ptr, dy_ptr, offs, d_offs, mask, pivot, mean, rstd, w, b, COMP
 
 # --- the kernels -----------------------------------------------------------------------------------
 
+@triton.jit
+def _chunk(p, s_per_prog, S, BLOCK_S: tl.constexpr):
+    """``[start, end)`` of reduction chunk ``p``. ``s_per_prog`` is a multiple of ``BLOCK_S`` (the launcher makes
+    it so): tiles start aligned, and only the last tile of ``S`` is partial, so ``s < S`` masks every tile."""
+    start = tl.multiple_of(p * s_per_prog, BLOCK_S)
+    return start, tl.minimum(start + s_per_prog, S)
+
+
 @triton.jit(do_not_specialize=_SIZES)
-def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, sN, sC, sS,
+def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, cblocks, sN, sC, sS,
                    COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    p, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    p, n, c, cmask = _program(C, P, cblocks, USE_INT64, BLOCK_C)
     pivot = _pivot(x_ptr, n, c, cmask, CG, sN, sC, COMPUTE)
-    start = p * s_per_prog
-    end = tl.minimum(start + s_per_prog, S)
+    start, end = _chunk(p, s_per_prog, S, BLOCK_S)
     mean = tl.zeros((BLOCK_C,), COMPUTE)
     m2 = tl.zeros((BLOCK_C,), COMPUTE)
     count = tl.full((), 0.0, COMPUTE)
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        mask = cmask[:, None] & (s < end)[None, :]
+        mask = cmask[:, None] & (s < S)[None, :]
         x = tl.load(x_ptr + n * sN + c[:, None] * sC + s[None, :] * sS, mask=mask, other=0.0).to(COMPUTE)
         x = tl.where(mask, x - pivot[:, None], 0.0)
         cnt = tl.minimum(end - s0, BLOCK_S).to(COMPUTE)
@@ -129,9 +147,9 @@ def _channel_stats(x_ptr, pmean_ptr, pm2_ptr, C, S, CG, s_per_prog, P, sN, sC, s
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _apply(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, S, CG, G, sN, sC, sS,
+def _apply(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, S, CG, G, tiles, cblocks, sN, sC, sS,
            COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    sb, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    sb, n, c, cmask = _program(C, tiles, cblocks, USE_INT64, BLOCK_C)
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cmask[:, None] & (s < S)[None, :]
     pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
@@ -145,17 +163,16 @@ def _apply(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, S, CG, G, sN, sC, 
 
 @triton.jit(do_not_specialize=_SIZES)
 def _grad_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, psum_ptr, psum_xhat_ptr,
-               C, S, CG, G, s_per_prog, P, sN, sC, sS, dN, dC, dS,
+               C, S, CG, G, s_per_prog, P, cblocks, sN, sC, sS, dN, dC, dS,
                COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    p, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    p, n, c, cmask = _program(C, P, cblocks, USE_INT64, BLOCK_C)
     pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
-    start = p * s_per_prog
-    end = tl.minimum(start + s_per_prog, S)
+    start, end = _chunk(p, s_per_prog, S, BLOCK_S)
     acc = tl.zeros((BLOCK_C,), COMPUTE)
     acc_xhat = tl.zeros((BLOCK_C,), COMPUTE)
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        mask = cmask[:, None] & (s < end)[None, :]
+        mask = cmask[:, None] & (s < S)[None, :]
         xhat, du = _normalized(x_ptr, dy_ptr, n * sN + c[:, None] * sC + s[None, :] * sS,
                                n * dN + c[:, None] * dC + s[None, :] * dS, mask, pivot, mean, rstd, w, b, COMPUTE)
         acc += tl.sum(du, axis=1)
@@ -167,9 +184,9 @@ def _grad_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, psum_ptr, psum_x
 
 @triton.jit(do_not_specialize=_SIZES)
 def _grad_input(dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, c1_ptr, c2_ptr,
-                C, S, CG, G, sN, sC, sS, dN, dC, dS,
+                C, S, CG, G, tiles, cblocks, sN, sC, sS, dN, dC, dS,
                 COMPUTE: tl.constexpr, USE_INT64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    sb, n, c, cmask = _program(C, USE_INT64, BLOCK_C)
+    sb, n, c, cmask = _program(C, tiles, cblocks, USE_INT64, BLOCK_C)
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cmask[:, None] & (s < S)[None, :]
     pivot, mean, rstd, w, b = _affine(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, n, c, cmask, CG, G, sN, sC, COMPUTE)
@@ -242,9 +259,12 @@ class _Layout:
         self.tl_compute, self.compute = _compute(x.dtype)
         self.sN, self.sC, self.sS = _strides(x)
         self.bc, self.bs = _tile(self.C, self.S, self.sC == 1 and self.sS != 1)
-        self.cblocks = triton.cdiv(self.C, self.bc)
+        self.cblocks, self.tiles = triton.cdiv(self.C, self.bc), triton.cdiv(self.S, self.bs)
         self.s_per_prog, self.P = _split(self.S, self.bs, self.N * self.cblocks, x.device)
         self.device = x.device
+        if self.tiles * self.cblocks * self.N > _INT32_LIMIT:
+            raise InvalidArgumentError(f"x of shape {tuple(x.shape)} needs more than 2**31 - 1 programs of "
+                                       f"{self.bc}x{self.bs} elements; split the batch")
 
     def meta(self, *tensors):
         use64 = max(t.numel() for t in tensors) + 2 * _TILE > _INT32_LIMIT
@@ -253,11 +273,11 @@ class _Layout:
 
     @property
     def reduce_grid(self):
-        return (self.P, self.N, self.cblocks)
+        return (self.P * self.cblocks * self.N,)
 
     @property
     def map_grid(self):
-        return (triton.cdiv(self.S, self.bs), self.N, self.cblocks)
+        return (self.tiles * self.cblocks * self.N,)
 
     def chunk_counts(self) -> torch.Tensor:
         """Elements in each spatial chunk of a reduction program, made on the device (no host sync)."""
@@ -312,11 +332,11 @@ def group_norm_silu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     meta = L.meta(x)
     pmean = torch.empty((L.N, L.C, L.P), dtype=L.compute, device=x.device)
     pm2 = torch.empty_like(pmean)
-    _launch(_channel_stats, L.reduce_grid, (x, pmean, pm2, L.C, L.S, L.CG, L.s_per_prog, L.P, L.sN, L.sC, L.sS),
-            meta, x.device)
+    _launch(_channel_stats, L.reduce_grid,
+            (x, pmean, pm2, L.C, L.S, L.CG, L.s_per_prog, L.P, L.cblocks, L.sN, L.sC, L.sS), meta, x.device)
     mean, rstd = _group_merge(pmean, pm2, L.chunk_counts(), L, eps)
-    _launch(_apply, L.map_grid, (x, y, mean, rstd, weight, bias, L.C, L.S, L.CG, L.G, L.sN, L.sC, L.sS), meta,
-            x.device)
+    _launch(_apply, L.map_grid,
+            (x, y, mean, rstd, weight, bias, L.C, L.S, L.CG, L.G, L.tiles, L.cblocks, L.sN, L.sC, L.sS), meta, x.device)
     return y, mean, rstd
 
 
@@ -339,12 +359,13 @@ def group_norm_silu_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torc
     psum_xhat = torch.empty_like(psum)
     _launch(_grad_sums, L.reduce_grid,
             (grad_y, x, mean, rstd, weight, bias, psum, psum_xhat, L.C, L.S, L.CG, L.G, L.s_per_prog, L.P,
-             L.sN, L.sC, L.sS, dN, dC, dS), meta, x.device)
+             L.cblocks, L.sN, L.sC, L.sS, dN, dC, dS), meta, x.device)
     sum_du, sum_du_xhat = psum.sum(-1), psum_xhat.sum(-1)                                   # (N, C)
     w = weight.to(L.compute)
     c1 = (sum_du * w).view(L.N, L.G, L.CG).sum(-1).div_(L.CG * L.S).contiguous()       # mean of w·du per group
     c2 = (sum_du_xhat * w).view(L.N, L.G, L.CG).sum(-1).div_(L.CG * L.S).contiguous()  # mean of w·du·x̂ per group
     _launch(_grad_input, L.map_grid,
-            (grad_y, x, dx, mean, rstd, weight, bias, c1, c2, L.C, L.S, L.CG, L.G, L.sN, L.sC, L.sS, dN, dC, dS),
+            (grad_y, x, dx, mean, rstd, weight, bias, c1, c2, L.C, L.S, L.CG, L.G, L.tiles, L.cblocks, L.sN, L.sC, L.sS,
+             dN, dC, dS),
             meta, x.device)
     return dx, sum_du_xhat.sum(0).to(weight.dtype), sum_du.sum(0).to(bias.dtype)

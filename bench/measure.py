@@ -1,12 +1,26 @@
-"""Peak memory of one call, and the model set-ups the benchmarks share."""
+"""Peak memory and device time of one call, the GPU's measured ceilings, and the model set-ups the benchmarks share.
+
+One convention for peak memory in every benchmark (``PEAK_CONVENTION``): the most bytes allocated while
+the call runs *above those allocated before it*, so weights, inputs and anything else that already
+exists are excluded and what is left is the call's own working memory. Device times are medians of
+per-call CUDA events after a warm-up (a host clock on the CPU). fp32 results that are compared with
+each other are computed with TF32 off (``tf32_off``).
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
+import time
 
 import torch
 
-from ld3m_fast.models import build_ldm
 from tests.helpers.compvis_style import CompVisStyleLDM
+
+PEAK_CONVENTION = ("peak bytes allocated during the call above the bytes allocated just before it (weights, inputs "
+                   "and optimizer state that exist before the call are excluded); CUDA: "
+                   "torch.cuda.max_memory_allocated, CPU: torch's CPU allocator trace")
+STEP_TENSOR_BYTES = 256 * 2**20  # each fused-step tensor in the bandwidth benches: far beyond any GPU's L2
 
 
 def _walk(events):
@@ -38,7 +52,7 @@ def _cpu_allocation_peak(fn) -> tuple[int, object]:
 
 
 def peak_memory(fn, device: torch.device | str) -> tuple[int, object]:
-    """Peak extra bytes allocated while ``fn()`` runs, and its result.
+    """Peak extra bytes allocated while ``fn()`` runs (``PEAK_CONVENTION``), and its result.
 
     CUDA: ``max_memory_allocated`` above the memory allocated before. CPU: the same from the profiler's
     allocation trace (``_cpu_allocation_peak``).
@@ -79,6 +93,8 @@ def prior_problem(n: int, seed: int = 0):
 
 def random_cin256(device):
     """cin256-v2 (the exact CompVis architecture) with random weights, initialised from one generator (fast), frozen."""
+    from ld3m_fast.models import build_ldm  # diffusers: imported only by the benches that build the model
+
     model = build_ldm("cin256-v2", device="meta").to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -100,19 +116,53 @@ def cin256_problem(n: int, device: str = "cuda", seed: int = 0):
     return model, Z, c, lambda images: ((images - target) ** 2).mean()
 
 
-def bf16_matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
-    """Measured dense bf16 matmul throughput of this GPU (TFLOP/s)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
+@contextlib.contextmanager
+def tf32_off():
+    """Float32 matmuls and convolutions in true fp32 (no TF32) inside the block: what fp32 comparisons need."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def tf32_settings() -> dict:
+    return {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+
+
+def device_time_ms(fn, device: torch.device | str, warmup: int = 3, repeats: int = 20) -> float:
+    """Median milliseconds of one ``fn()`` after ``warmup`` calls: CUDA events around each call (a host clock on
+    the CPU)."""
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    times = []
+    if cuda:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        torch.cuda.synchronize()
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bf16_matmul_peak_tflops(n: int = 8192, device: torch.device | str = "cuda", repeats: int = 20) -> float:
+    """Measured dense bf16 matmul throughput (TFLOP/s) of an n×n×n product on random data (zeros run faster)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=gen).to(torch.bfloat16) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=torch.bfloat16)
+    ms = device_time_ms(lambda: torch.mm(a, b, out=out), device, warmup=3, repeats=repeats)
+    return 2 * n ** 3 / (ms / 1e3) / 1e12
 
 
 def count_flops(fn) -> int:
@@ -123,17 +173,33 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def copy_bandwidth_gbs(n_bytes: int = 2**30, iters: int = 20) -> float:
-    """Measured device-to-device copy bandwidth of this GPU (GB/s, bytes read + written)."""
-    src = torch.empty(n_bytes // 4, device="cuda")
+def copy_bandwidth_gbs(n_bytes: int = STEP_TENSOR_BYTES, device: torch.device | str = "cuda",
+                       repeats: int = 20) -> float:
+    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of an ``n_bytes`` fp32 tensor."""
+    src = torch.randn(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n_bytes * iters / (start.elapsed_time(end) / 1e3) / 1e9
+    ms = device_time_ms(lambda: dst.copy_(src), device, warmup=3, repeats=repeats)
+    return 2 * src.numel() * 4 / (ms / 1e3) / 1e9
+
+
+def step_bytes_moved(numel: int, element_size: int = 4) -> int:
+    """Bytes the fused step moves at least, either direction: forward reads z, eps_u, eps_c, anchor and writes
+    z_prev; backward reads the incoming gradient and writes g_z, the g_eps pair and g_anchor (five tensors each)."""
+    return 5 * numel * element_size
+
+
+def step_bandwidth(backend: str, numel: int = STEP_TENSOR_BYTES // 4, device: torch.device | str = "cuda",
+                   repeats: int = 20) -> dict:
+    """GB/s of the fused step's forward and backward on ``backend`` (fp32 tensors of ``numel`` elements, no noise)."""
+    from ld3m_fast.engine.fused_step import StepCoefficients, get_backend
+
+    coef = StepCoefficients(0.6, 0.8, 0.7, 0.71, 0.0, 3.0, 0.4, 0.0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = [torch.randn(numel, device=device, generator=gen) for _ in range(4)]
+    impl = get_backend(backend)
+    out = {}
+    for direction, fn in (("forward", lambda: impl.forward(*x, None, coef, False)),
+                          ("backward", lambda: impl.backward(x[0], None, coef))):
+        ms = device_time_ms(fn, device, warmup=3, repeats=repeats)
+        out[direction] = {"ms": ms, "GB_per_s": step_bytes_moved(numel) / (ms / 1e3) / 1e9}
+    return out

@@ -12,7 +12,8 @@ diffusers, no recomputation) and ``optimized`` (``optimize(model)`` defaults on 
 fused GroupNorm+SiLU, channels-last, xformers/SDPA, decoder recomputation). ``extra_info`` holds the
 peak memory, the achieved TFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one
 forward + backward), its fraction of the measured bf16 matmul peak, and the optimised output's
-relative error against fp32.
+relative error against fp32 (computed with TF32 off, so fp32 means fp32). Peak memory follows
+``measure.PEAK_CONVENTION`` (above what is allocated before the call: the weights are excluded).
 
 CPU: one forward of the full-size cin256-v2 UNet on one latent (a smoke test of the architecture).
 """
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from ld3m_fast.models import optimize
-from bench.measure import bf16_matmul_peak_tflops, count_flops, peak_memory, random_cin256
+from bench.measure import PEAK_CONVENTION, bf16_matmul_peak_tflops, count_flops, peak_memory, random_cin256, tf32_off
 
 CUDA = torch.cuda.is_available()
 PLAIN = dict(bf16=False, fused_groupnorm_silu=False, channels_last=False, attention="sdpa",
@@ -74,23 +75,26 @@ CASES = {"unet step (guided, N=10, 20x3x64x64)": unet_step_case, "decode 256² (
 def test_cin256_fwd_bwd_gpu(benchmark, cuda_model, matmul_peak, case, variant):
     model = cuda_model
     optimize(model, **PLAIN)
-    reference_out = CASES[case](model)()
-    optimize(model, **VARIANTS[variant])
-    run = CASES[case](model)
+    with tf32_off():  # the fp32 reference output and the fp32-eager timings are true fp32
+        reference_out = CASES[case](model)()
+        optimize(model, **VARIANTS[variant])
+        run = CASES[case](model)
 
-    def timed():
-        out = run()
-        torch.cuda.synchronize()
-        return out
-    out = timed()  # warm-up (kernel compilation, autotuning)
-    flops = count_flops(run)
-    peak, _ = peak_memory(timed, "cuda")
-    benchmark.group = f"cin256-v2 {case}, fwd+bwd, cuda"
-    benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
+        def timed():
+            out = run()
+            torch.cuda.synchronize()
+            return out
+        out = timed()  # warm-up (kernel compilation, autotuning)
+        flops = count_flops(run)
+        peak, _ = peak_memory(timed, "cuda")
+        benchmark.group = f"cin256-v2 {case}, fwd+bwd, cuda"
+        benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
     ref = reference_out.double()
     benchmark.extra_info.update({
         "optimizations": dict(model.optimizations), "peak_memory_MiB": peak / 2**20,
-        "bf16_matmul_peak_TFLOP_per_s": matmul_peak, "rel_err_vs_fp32": float((out.double() - ref).norm() / ref.norm())})
+        "peak_convention": PEAK_CONVENTION,
+        "bf16_matmul_peak_TFLOP_per_s": matmul_peak,
+        "rel_err_vs_fp32": float((out.double() - ref).norm() / ref.norm())})
     if benchmark.stats is not None:  # None under --benchmark-disable
         mean = benchmark.stats.stats.mean
         benchmark.extra_info.update({"TFLOP_per_s": flops / mean / 1e12,

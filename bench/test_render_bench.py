@@ -1,13 +1,22 @@
 """``render`` forward + backward vs the official-style reference (``ld3m_fast.reference``): time and peak memory.
 
 CPU: the small LDM of ``measure.small_problem`` (0.9 M-parameter UNet, 8×8×3 latents) and the shipped
-Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents), N = 20, S ∈ {10, 100}. GPU: the cin256-v2 architecture at 256², N = 10, S ∈ {10, 20, 50}.
+Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents), N = 20, S ∈ {10, 100}. GPU: the cin256-v2
+architecture at 256², N = 10, S ∈ {10, 20, 50}, in true fp32 (TF32 off for both). Peak memory follows
+``measure.PEAK_CONVENTION`` (above what is allocated before the call: weights excluded).
 """
 import pytest
 import torch
 
 from ld3m_fast import reference, render
-from bench.measure import cin256_problem, peak_memory, prior_problem, small_problem
+from bench.measure import PEAK_CONVENTION, cin256_problem, peak_memory, prior_problem, small_problem, tf32_off
+
+
+@pytest.fixture(autouse=True)
+def true_fp32():
+    """The engine and the reference are compared in float32: no TF32 on GPUs."""
+    with tf32_off():
+        yield
 
 
 def engine_step(model, Z, c, loss_fn, steps):
@@ -33,7 +42,7 @@ def run_case(benchmark, problem, device, impl, steps, rounds):
     once()  # warm-up
     peak, _ = peak_memory(once, device)
     benchmark.pedantic(once, rounds=rounds, iterations=1)
-    benchmark.extra_info["peak_memory_MiB"] = peak / 2**20
+    benchmark.extra_info.update({"peak_memory_MiB": peak / 2**20, "peak_convention": PEAK_CONVENTION})
 
 
 @pytest.mark.parametrize("steps", [10, 100])

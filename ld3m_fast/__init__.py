@@ -27,6 +27,7 @@ _EXPORTS = {
     "distill": "distillation.run", "DistillConfig": "distillation.config", "train_experts": "distillation.experts",
     "ExpertBuffer": "distillation.experts", "DistilledSet": "distillation.result",
     "evaluate": "evaluation", "EvalTable": "evaluation",
+    "export_set": "export", "load_set": "export", "LoadedSet": "export", "RunLog": "tracking",
     # data, networks, augmentation
     "ImageDataset": "data", "load_dataset": "data", "NETWORKS": "nets", "get_network": "nets",
     "train_network": "nets.training", "test_accuracy": "nets.training",
@@ -35,7 +36,8 @@ _EXPORTS = {
     "LD3MError": "errors", "DistillationDiverged": "errors", "MissingDependencyError": "errors",
 }
 _MODULES = {"reference": "engine.reference", "engine": "engine", "models": "models", "distillation": "distillation",
-            "data": "data", "nets": "nets", "demo": "demo", "errors": "errors", "kernels": "kernels"}
+            "data": "data", "nets": "nets", "demo": "demo", "errors": "errors", "kernels": "kernels", "plots": "plots",
+            "export": "export", "tracking": "tracking"}
 __all__ = sorted(_EXPORTS) + sorted(_MODULES)
 
 

@@ -30,3 +30,24 @@ def write_atomic(path, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_writable_folder(path, argument: str) -> Path:
+    """Create folder ``path`` if needed and prove that files can be written there, before any work starts.
+
+    Raises ``InvalidArgumentError`` naming ``argument`` when ``path`` is a file, cannot be created or is not writable.
+    """
+    from .errors import InvalidArgumentError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{argument}={str(path)!r} is a file, not a folder: give a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{argument}={str(path)!r} cannot be written ({exc.strerror or exc}): choose a "
+                                   "folder you can write to") from None
+    return path

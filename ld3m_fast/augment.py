@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidArgumentError, InvalidTypeError
+
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -134,14 +136,15 @@ OPS = {"color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": sc
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """The operations of a strategy string ("color_crop_..."); "none" or "" gives ()."""
     if not isinstance(strategy, str):
-        raise TypeError(f"strategy must be a str like {DSA_STRATEGY!r}, got {type(strategy).__name__}")
+        raise InvalidTypeError(f"strategy must be a str like {DSA_STRATEGY!r}, got {type(strategy).__name__}")
     if strategy.lower() in ("", "none"):
         return ()
     ops = tuple(strategy.lower().split("_"))
     bad = [op for op in ops if op not in OPS]
     if bad:
-        raise ValueError(f"unknown DSA operation(s) {bad} in strategy {strategy!r}; use '_'-joined names from "
-                         f"{DSA_OPS} (e.g. {DSA_STRATEGY!r}) or 'none'")
+        raise InvalidArgumentError(
+            f"unknown DSA operation(s) {bad} in strategy {strategy!r}; use '_'-joined names from "
+            f"{DSA_OPS} (e.g. {DSA_STRATEGY!r}) or 'none'")
     return ops
 
 
@@ -156,15 +159,15 @@ def dsa(x: torch.Tensor, strategy: str = DSA_STRATEGY, seed: int | None = None, 
     params: a DSAParams (default: the DSA code's values).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4-D tensor (N, C, H, W), got {type(x).__name__}"
-                         + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else ""))
+        raise InvalidArgumentError(f"x must be a 4-D tensor (N, C, H, W), got {type(x).__name__}"
+                                   + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else ""))
     if not x.is_floating_point():
-        raise TypeError(f"x has dtype {x.dtype}; DSA needs floating-point images")
+        raise InvalidTypeError(f"x has dtype {x.dtype}; DSA needs floating-point images")
     if seed is not None and generator is not None:
-        raise ValueError("pass either seed (Siamese mode) or generator, not both")
+        raise InvalidArgumentError("pass either seed (Siamese mode) or generator, not both")
     params = DSAParams() if params is None else params
     if not isinstance(params, DSAParams):
-        raise TypeError(f"params must be a DSAParams, got {type(params).__name__}")
+        raise InvalidTypeError(f"params must be a DSAParams, got {type(params).__name__}")
     ops = parse_strategy(strategy)
     if not ops or x.shape[0] == 0:
         return x

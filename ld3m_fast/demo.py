@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+
 @dataclass(frozen=True)
 class DemoSettings:
     ipcs: tuple[int, ...] = (1, 10)
@@ -102,6 +103,9 @@ def run_demo(out="demo", quick: bool = False, settings: DemoSettings | None = No
               "seconds_per_set": seconds, "test_images": len(test), "train_images": len(train),
               "torch": torch.__version__}
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    from .plots import plot_accuracy_vs_ipc
+
+    plot_accuracy_vs_ipc(report, out / "accuracy_vs_ipc.png", title="Fashion-MNIST (embedded subset)")
     return report
 
 

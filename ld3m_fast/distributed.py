@@ -7,23 +7,27 @@ loops) gathers the images, and each rank keeps the gradient of its own images. E
 is drawn per class or per iteration from the run's seed, so a sharded run computes what one
 process computes.
 
-Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``);
-NCCL is used on GPUs, gloo on CPUs. Collectives time out after ``LD3M_FAST_DIST_TIMEOUT`` seconds
-(default 600), so when a rank dies the others stop with an error instead of waiting forever.
+Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``);
+NCCL is used on GPUs (rank ``LOCAL_RANK`` of a node on GPU ``LOCAL_RANK``), gloo on CPUs. The device is
+the ``device`` argument, else ``$LD3M_FAST_DIST_DEVICE`` (``cpu`` forces gloo on the CPU even where GPUs
+are visible, e.g. for tests), else a GPU when one is visible. Collectives time out after
+``LD3M_FAST_DIST_TIMEOUT`` seconds (default 600), so when a rank dies the others stop with an error
+instead of waiting forever.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from .errors import DeviceError, IncompatibleRunError, InvalidArgumentError, MissingDependencyError
+
 TIMEOUT_ENV = "LD3M_FAST_DIST_TIMEOUT"
+DEVICE_ENV = "LD3M_FAST_DIST_DEVICE"
 
 
 @dataclass(frozen=True)
@@ -43,30 +47,67 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def _rank_device(device) -> torch.device:
+    """The device this rank works on: ``device``, else ``$LD3M_FAST_DIST_DEVICE``, else GPU ``LOCAL_RANK`` if visible.
+
+    A GPU index (named, or taken from ``LOCAL_RANK``) must exist on this machine: a clear error, rather
+    than CUDA's "invalid device ordinal", when more ranks than GPUs are launched on a node.
+    """
+    device = device if device is not None else (os.environ.get(DEVICE_ENV) or None)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"device={device!r} is not a device ({err}); use 'cpu' or 'cuda' "
+                          f"(or set {DEVICE_ENV})") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r}: no CUDA GPU is visible here; use device='cpu' (gloo) or "
+                          f"{DEVICE_ENV}=cpu")
+    index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"rank {os.environ.get('RANK', '?')} wants GPU {index} (LOCAL_RANK or device={device!r}) but "
+                          f"this machine has {count} visible GPU(s): launch at most {count} processes per node "
+                          f"(--nproc_per_node={count}), or run on the CPU with device='cpu' / {DEVICE_ENV}=cpu")
+    return torch.device("cuda", index)
+
+
 def init(device=None) -> Group:
-    """Join (or create) the default process group from torchrun's environment; returns this rank's :class:`Group`."""
+    """Join (or create) the default process group from torchrun's environment; returns this rank's :class:`Group`.
+
+    ``device`` (or ``$LD3M_FAST_DIST_DEVICE``) picks where this rank works: a CUDA device means NCCL,
+    anything else gloo; unset, a GPU when one is visible (see the module docstring).
+    """
     if not dist.is_available():
-        raise RuntimeError("distributed=True needs torch.distributed, which this torch build lacks")
+        raise MissingDependencyError("distributed=True needs torch.distributed, which this torch build lacks")
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise RuntimeError("distributed=True needs a launcher: run with `torchrun --nproc_per_node=K -m ld3m_fast "
-                               "distill ...` (or srun with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set)")
-        use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+            raise InvalidArgumentError(
+                "distributed=True needs a launcher: run with `torchrun --nproc_per_node=K -m ld3m_fast "
+                "distill ...` (or srun with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set)")
+        dev = _rank_device(device)
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    return Group(rank, world, torch.device(device))
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    elif device is None and dist.get_backend() == "nccl":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    elif device is None:
+        dev = torch.device("cpu")
+    else:
+        dev = torch.device(device)
+    return Group(dist.get_rank(), dist.get_world_size(), dev)
 
 
 def shard_classes(num_classes: int, group: Group) -> list[int]:
     """The contiguous block of classes rank ``group.rank`` owns (sizes differ by at most one)."""
     if group.world > num_classes:
-        raise ValueError(f"{group.world} ranks but only {num_classes} classes: the synthetic set is sharded by class, "
-                         f"so use at most {num_classes} processes (--nproc_per_node)")
+        raise InvalidArgumentError(
+            f"{group.world} ranks but only {num_classes} classes: the synthetic set is sharded by class, "
+            f"so use at most {num_classes} processes (--nproc_per_node)")
     base, extra = divmod(num_classes, group.world)
     start = group.rank * base + min(group.rank, extra)
     return list(range(start, start + base + (group.rank < extra)))
@@ -122,21 +163,10 @@ def all_gather_objects(obj, group: Group) -> list:
     return out
 
 
-def fingerprint(*items) -> str:
-    """A short hash of JSON-able items and tensors (their bytes), to compare across ranks."""
-    h = hashlib.sha256()
-    for item in items:
-        if isinstance(item, torch.Tensor):
-            h.update(item.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(json.dumps(item, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def check_agreement(what: str, value: str, group: Group) -> None:
     """Raise on every rank unless all ranks hold the same ``value`` (e.g. the fingerprint of the config or the data)."""
     values = all_gather_objects(value, group)
     if len(set(values)) > 1:
         differing = [r for r, v in enumerate(values) if v != values[0]]
-        raise ValueError(f"ranks disagree on the {what}: ranks {differing} differ from rank 0; every rank must get the "
-                         "same settings and data (same command line, same dataset files)")
+        raise IncompatibleRunError(f"ranks disagree on the {what}: ranks {differing} differ from rank 0; every rank must "
+                                   "get the same settings and data (same command line, same dataset files)")

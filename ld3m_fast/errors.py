@@ -49,3 +49,14 @@ class DistillationDiverged(LD3MError, RuntimeError):
                          f"the last good iteration ({iteration - 1}) is kept (`.last_good`, and the checkpoint if "
                          "checkpoint_dir is set). Lower the learning rate or check the data")
         self.iteration, self.last_good = iteration, last_good
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a run at an iteration boundary, after its checkpoint was written.
+
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C keeps doing so; ``signal`` is the signal's number.
+    """
+
+    def __init__(self, signal: int, message: str):
+        super().__init__(message)
+        self.signal = signal

@@ -8,12 +8,14 @@ test accuracies and the mean over the architectures not used for distillation ("
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .data.pairs import check_images_labels, image_label_pair
+from .errors import InvalidArgumentError
 from .nets import get_network, network_family, parse_network_name
 from .nets.training import test_accuracy, train_network
 
@@ -96,10 +98,10 @@ class EvalTable:
         return "\n".join(lines)
 
 
-def _as_pair(obj, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_pair(obj, name: str, unit_range: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) from a tuple, an object with .images/.labels, or a map-style dataset of (image, label)."""
     images, labels = image_label_pair(obj, name)
-    check_images_labels(images, labels, f"{name} images", f"{name} labels")
+    check_images_labels(images, labels, f"{name} images", f"{name} labels", unit_range)
     return images, labels
 
 
@@ -127,7 +129,8 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
              dsa: bool = True, distributed: bool = False) -> EvalTable:
     """Train ``repeats`` networks of each architecture on ``distilled`` and test them on ``test``.
 
-    distilled: (images, labels) or an object with .images/.labels (images (N, C, H, W) floats in [0, 1]).
+    distilled: (images, labels), an object with .images/.labels (images (N, C, H, W) floats in [0, 1]), or a path that
+      ``ld3m_fast.export.load_set`` reads (a distilled-set folder, an exported .pt pair, a class-folder tree).
     test: the same, or a map-style dataset of (image, label); its .mean/.std are used for normalisation if present.
     protocol: 'glad' (1000 epochs, warm-up + cosine, EMA; lr 0.001, VGG11 0.0001) or 'dc' (300 epochs, lr 0.01,
       x0.1 at the half, no EMA). ``epochs`` and ``lr`` (a number or a dict arch -> lr) override the protocol.
@@ -147,42 +150,48 @@ def evaluate(distilled, test, archs: Sequence[str] = DEFAULT_ARCHS, repeats: int
     """
     from tqdm.auto import tqdm
 
+    if isinstance(distilled, (str, os.PathLike)):
+        from .export import load_set
+
+        distilled = load_set(distilled)
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r} is unknown; use one of {tuple(PROTOCOLS)}")
+        raise InvalidArgumentError(f"protocol={protocol!r} is unknown; use one of {tuple(PROTOCOLS)}")
     if isinstance(archs, str):
         archs = (archs,)
     archs = tuple(archs)
     if not archs:
-        raise ValueError("archs is empty; pass at least one architecture, e.g. ('ConvNet',)")
+        raise InvalidArgumentError("archs is empty; pass at least one architecture, e.g. ('ConvNet',)")
     for a in archs + (train_arch,):
         parse_network_name(a)  # unknown names fail here, before any training
     if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        raise InvalidArgumentError(f"repeats must be a positive int, got {repeats!r}")
     p = PROTOCOLS[protocol]
     epochs = p["epochs"] if epochs is None else epochs
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        raise InvalidArgumentError(f"epochs must be a positive int, got {epochs!r}")
 
-    x_train, y_train = _as_pair(distilled, "distilled")
+    x_train, y_train = _as_pair(distilled, "distilled", unit_range=False)  # pixel-space sets may leave [0, 1]
     x_test, y_test = _as_pair(test, "test")
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"distilled images are {tuple(x_train.shape[1:])} (C, H, W) but test images are "
-                         f"{tuple(x_test.shape[1:])}; resize one set so that channels and size match")
+        raise InvalidArgumentError(f"distilled images are {tuple(x_train.shape[1:])} (C, H, W) but test images are "
+                                   f"{tuple(x_test.shape[1:])}; resize one set so that channels and size match")
     present = torch.bincount(y_train.long().cpu())
     if num_classes is None:
         num_classes = getattr(distilled, "num_classes", None)
     C = int(present.numel()) if num_classes is None else num_classes
     if not isinstance(C, int) or C < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {C!r}")
+        raise InvalidArgumentError(f"num_classes must be an int >= 2, got {C!r}")
     if int(y_train.max()) >= C:
-        raise ValueError(f"distilled labels go up to {int(y_train.max())} but num_classes={C}; labels must be 0..{C - 1}")
+        raise InvalidArgumentError(
+            f"distilled labels go up to {int(y_train.max())} but num_classes={C}; labels must be 0..{C - 1}")
     if int(y_test.max()) >= C:
-        raise ValueError(f"test labels go up to {int(y_test.max())} but the distilled set has {C} classes "
-                         f"(labels 0..{C - 1}); pass num_classes or relabel the test set")
+        raise InvalidArgumentError(f"test labels go up to {int(y_test.max())} but the distilled set has {C} classes "
+                                   f"(labels 0..{C - 1}); pass num_classes or relabel the test set")
     empty = [c for c in range(C) if c >= present.numel() or present[c] == 0]
     if empty:
-        raise ValueError(f"classes {empty} have no distilled images; every class 0..{C - 1} needs at least one "
-                         f"(or pass num_classes if the labels are meant to be fewer)")
+        raise InvalidArgumentError(
+            f"classes {empty} have no distilled images; every class 0..{C - 1} needs at least one "
+            f"(or pass num_classes if the labels are meant to be fewer)")
 
     def lr_for(arch: str) -> float:
         if isinstance(lr, dict):

@@ -6,11 +6,13 @@ import os
 
 import torch
 
+from .errors import InvalidArgumentError
+
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """Tile ``images`` (N, C, H, W), values in [0, 1] (clamped), into one uint8 (H', W', C) array."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+        raise InvalidArgumentError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)

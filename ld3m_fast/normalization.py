@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from .errors import InvalidArgumentError
+
 
 def _per_channel(values, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
@@ -39,13 +41,15 @@ def check_normalization(mean, std, channels: int, name: str = "normalize") -> tu
         mean = tuple(float(v) for v in torch.as_tensor(mean, dtype=torch.float64).reshape(-1))
         std = tuple(float(v) for v in torch.as_tensor(std, dtype=torch.float64).reshape(-1))
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be (mean, std) with one number or one per channel, got {mean!r}, {std!r}") \
+        raise InvalidArgumentError(
+            f"{name} must be (mean, std) with one number or one per channel, got {mean!r}, {std!r}") \
             from None
     mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"{name} has {len(mean)} means and {len(std)} stds for {channels}-channel images; give one "
-                         "value per channel")
+        raise InvalidArgumentError(
+            f"{name} has {len(mean)} means and {len(std)} stds for {channels}-channel images; give one "
+            "value per channel")
     if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
-        raise ValueError(f"{name}: mean must be finite and std finite and positive, got mean={list(mean)}, "
-                         f"std={list(std)}")
+        raise InvalidArgumentError(f"{name}: mean must be finite and std finite and positive, got mean={list(mean)}, "
+                                   f"std={list(std)}")
     return mean, std

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
+from .errors import InvalidArgumentError
+
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is an int in [0, 2**63 − 1] (what ``torch.Generator.manual_seed`` takes), else a clear error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidArgumentError(f"{name}={seed!r} must be an int between 0 and 2**63 - 1")
+    return seed
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -18,6 +27,8 @@ def derive_seed(seed: int, *keys) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
-def generator(seed: int, *keys) -> torch.Generator:
+def generator(seed: int, *keys) -> "torch.Generator":
     """A CPU ``torch.Generator`` seeded with ``derive_seed(seed, *keys)``."""
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(seed, *keys))

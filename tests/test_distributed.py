@@ -1,4 +1,8 @@
-"""Class-sharded distillation with 2 gloo ranks on the CPU equals one process (issue: DM, DC same set; MTT same losses)."""
+"""Class-sharded distillation with 2 gloo ranks on the CPU equals one process (DM — with BatchNorm networks too — and
+DC give the same set; MTT the same losses).
+
+The ranks are forced onto the CPU (gloo) even where GPUs are visible: a one-GPU machine has no GPU for rank 1.
+"""
 import json
 import os
 import socket
@@ -10,18 +14,20 @@ import pytest
 import torch
 
 from ld3m_fast.distillation import DistilledSet, distill, train_experts
+from ld3m_fast import distributed
 from ld3m_fast.distributed import Group, shard_classes
+from ld3m_fast.errors import DeviceError
 from ld3m_fast.evaluation import evaluate
 from tests.helpers.compvis_style import CompVisStyleLDM
-from tests.helpers.toy import SMALL, toy_data
+from tests.helpers.toy import small, toy_data
 
 WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
 sys.path.insert(0, str(WORKER.parent))
-from dist_worker import CASES, EVAL  # noqa: E402
+from dist_worker import CASES, DEVICE, EVAL  # noqa: E402
 
 
 def torchrun(case, out, experts="", timeout=240, extra_env=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", LD3M_FAST_DIST_DEVICE=DEVICE, **(extra_env or {}))
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), case,
            "--out", str(out), "--experts", str(experts)]
@@ -45,11 +51,11 @@ def sharded(tmp_path_factory, experts):
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_ranks_give_what_one_process_gives(sharded, experts, name):
     space, algorithm, extra = CASES[name]
-    kw = dict(SMALL, **extra)
+    model = CompVisStyleLDM(seed=3) if space == "latent" else None
+    kw = small(model, **extra)
     if algorithm == "mtt":
         kw["experts"] = experts.path
-    single = distill(toy_data(), CompVisStyleLDM(seed=3) if space == "latent" else None, ipc=2, algorithm=algorithm,
-                     iterations=3, seed=2, **kw)
+    single = distill(toy_data(), model, ipc=2, algorithm=algorithm, iterations=3, seed=2, device=DEVICE, **kw)
     both = DistilledSet.load(sharded / name)
     assert torch.equal(both.labels, single.labels)
     assert [h["loss"] for h in both.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-5)
@@ -66,6 +72,7 @@ def test_evaluation_jobs_spread_over_two_ranks_give_one_table(sharded):
     both = json.loads((sharded / "eval.json").read_text())
     assert [r["accuracies"] for r in both["rows"]] == [r.accuracies for r in single.rows]
     assert [r["arch"] for r in both["rows"]] == ["ConvNet", "AlexNet"]
+    assert (sharded / "backend.txt").read_text() == "gloo"  # the CPU path, also on machines with GPUs
 
 
 def test_ranks_that_disagree_on_the_settings_stop_with_a_message(tmp_path):
@@ -88,7 +95,8 @@ def test_a_dying_rank_stops_the_others_instead_of_hanging(tmp_path):
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), LD3M_FAST_DIST_TIMEOUT="60", OMP_NUM_THREADS="1")
+                   MASTER_PORT=str(port), LD3M_FAST_DIST_TIMEOUT="60", OMP_NUM_THREADS="1",
+                   LD3M_FAST_DIST_DEVICE=DEVICE)
         procs.append(subprocess.Popen([sys.executable, str(WORKER), "rank_dies", "--out", str(tmp_path)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     codes = [p.wait(timeout=200) for p in procs]
@@ -102,3 +110,29 @@ def test_class_shards_cover_every_class_once(classes, world):
     shards = [shard_classes(classes, Group(r, world, torch.device("cpu"))) for r in range(world)]
     assert sum(shards, []) == list(range(classes))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_rank_device_honours_the_argument_then_the_environment(monkeypatch):
+    monkeypatch.setenv("LD3M_FAST_DIST_DEVICE", "cpu")
+    assert distributed._rank_device(None) == torch.device("cpu")
+    monkeypatch.delenv("LD3M_FAST_DIST_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed._rank_device(None) == torch.device("cpu")  # no GPU: gloo
+    with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
+        distributed._rank_device("cuda")
+
+
+def test_more_ranks_than_gpus_is_a_clear_error_not_an_invalid_ordinal(monkeypatch):
+    """Two ranks on a one-GPU node: rank 1 must not call set_device(1)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("LD3M_FAST_DIST_DEVICE", raising=False)
+    with pytest.raises(DeviceError, match=r"wants GPU 1 .* has 1 visible GPU\(s\).*--nproc_per_node=1"):
+        distributed._rank_device(None)
+    with pytest.raises(DeviceError, match="wants GPU 3"):
+        distributed._rank_device("cuda:3")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed._rank_device(None) == torch.device("cuda", 0)
+    assert distributed._rank_device("cpu") == torch.device("cpu")

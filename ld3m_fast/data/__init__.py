@@ -9,14 +9,24 @@
 * ``ImageDataset``: what every loader returns (uint8 images in memory, labels, class names, mean/std).
 """
 from .cache import CACHE_ENV, default_cache_dir
-from .classes import IMAGENET_SUBSETS, imagenet_class_names, imagenet_wnids, subset_classes
+from .classes import (
+                            IMAGENET_SUBSETS,
+                            imagenet_class_names,
+                            imagenet_wnids,
+                            subset_classes,
+)
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
-from .fashion import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, embedded_fashion_mnist,
-                            fashion_mnist)
+from .fashion import (
+                            FASHION_MNIST_CLASSES,
+                            FASHION_MNIST_MEAN,
+                            FASHION_MNIST_STD,
+                            embedded_fashion_mnist,
+                            fashion_mnist,
+)
 from .folders import class_folder
 from .idx import read_idx, write_idx
-from .images import UnreadableImageError, load_image
 from .imagenet import imagenet_subset
+from .images import UnreadableImageError, load_image
 from .load import DATASETS, load_dataset
 
 __all__ = ["ImageDataset", "load_dataset", "DATASETS", "IMAGENET_SUBSETS", "embedded_fashion_mnist",

@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 
 from ..atomic import write_atomic
+from ..errors import InvalidTypeError
 
 CACHE_ENV = "LD3M_FAST_CACHE"
 CACHE_FORMAT = 1  # bump when the decoding changes, so old entries are not reused
@@ -38,8 +39,8 @@ def resolve_cache_dir(cache_dir) -> Path | None:
     if cache_dir is None or cache_dir is True:
         return default_cache_dir()
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"`cache_dir` must be a folder path, None (default folder) or False (no cache), "
-                        f"got {cache_dir!r}")
+        raise InvalidTypeError(f"`cache_dir` must be a folder path, None (default folder) or False (no cache), "
+                               f"got {cache_dir!r}")
     return Path(cache_dir).expanduser()
 
 

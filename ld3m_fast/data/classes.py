@@ -10,6 +10,8 @@ import operator
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import InvalidArgumentError, InvalidTypeError
+
 IMAGENET_SUBSETS: dict[str, tuple[int, ...]] = {
     "imagenet-a": (255, 376, 984, 364, 500, 986, 333, 576, 148, 135),
     "imagenet-b": (129, 916, 90, 275, 995, 874, 102, 259, 685, 139),
@@ -55,7 +57,7 @@ def imagenet_class_names() -> tuple[str, ...]:
 def check_imagenet_classes(classes: Sequence[int], arg: str = "classes") -> tuple[int, ...]:
     """``classes`` as a tuple of distinct ImageNet-1k indices, or a ValueError naming ``arg``."""
     if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
-        raise TypeError(f"`{arg}` must be a list of ImageNet-1k class indices (ints), got {classes!r}")
+        raise InvalidTypeError(f"`{arg}` must be a list of ImageNet-1k class indices (ints), got {classes!r}")
     out = []
     for c in classes:
         try:
@@ -63,14 +65,14 @@ def check_imagenet_classes(classes: Sequence[int], arg: str = "classes") -> tupl
                 raise TypeError
             c = operator.index(c)
         except TypeError:
-            raise TypeError(f"`{arg}` must hold ImageNet-1k class indices (ints 0–999), got {c!r}") from None
+            raise InvalidTypeError(f"`{arg}` must hold ImageNet-1k class indices (ints 0–999), got {c!r}") from None
         if not 0 <= c < NUM_IMAGENET_CLASSES:
-            raise ValueError(f"`{arg}`: {c} is not an ImageNet-1k class index (0–999)")
+            raise InvalidArgumentError(f"`{arg}`: {c} is not an ImageNet-1k class index (0–999)")
         out.append(c)
     if not out:
-        raise ValueError(f"`{arg}` is empty")
+        raise InvalidArgumentError(f"`{arg}` is empty")
     if len(set(out)) != len(out):
-        raise ValueError(f"`{arg}` lists a class twice: {out}")
+        raise InvalidArgumentError(f"`{arg}` lists a class twice: {out}")
     return tuple(out)
 
 
@@ -79,5 +81,5 @@ def subset_classes(name: str) -> tuple[int, ...]:
     try:
         return IMAGENET_SUBSETS[name]
     except KeyError:
-        raise ValueError(f"unknown ImageNet subset {name!r}; known: {', '.join(IMAGENET_SUBSETS)} "
-                         "(or 'custom' with classes=[ImageNet indices])") from None
+        raise InvalidArgumentError(f"unknown ImageNet subset {name!r}; known: {', '.join(IMAGENET_SUBSETS)} "
+                                   "(or 'custom' with classes=[ImageNet indices])") from None

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from ..normalization import normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,35 +31,35 @@ class ImageDataset(torch.utils.data.Dataset):
                  name: str = "dataset", mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, imagenet_ids: Sequence[int] | None = None):
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            raise TypeError("ImageDataset: `images` must be a uint8 tensor N×C×H×W, got "
-                            f"{type(images).__name__} {getattr(images, 'dtype', '')} "
-                            f"{tuple(getattr(images, 'shape', ()))}")
+            raise InvalidTypeError("ImageDataset: `images` must be a uint8 tensor N×C×H×W, got "
+                                   f"{type(images).__name__} {getattr(images, 'dtype', '')} "
+                                   f"{tuple(getattr(images, 'shape', ()))}")
         labels = torch.as_tensor(labels)
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"ImageDataset: `labels` must be a 1-D integer tensor, got {labels.dtype} "
-                            f"{tuple(labels.shape)}")
+            raise InvalidTypeError(f"ImageDataset: `labels` must be a 1-D integer tensor, got {labels.dtype} "
+                                   f"{tuple(labels.shape)}")
         if labels.shape[0] != images.shape[0]:
-            raise ValueError(f"ImageDataset: {images.shape[0]} images but {labels.shape[0]} labels")
+            raise InvalidArgumentError(f"ImageDataset: {images.shape[0]} images but {labels.shape[0]} labels")
         class_names = [str(c) for c in class_names]
         if not class_names:
-            raise ValueError("ImageDataset: `class_names` is empty")
+            raise InvalidArgumentError("ImageDataset: `class_names` is empty")
         labels = labels.to(torch.int64)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(class_names)):
-            raise ValueError(f"ImageDataset: labels must lie in [0, {len(class_names)}) (one per class "
-                             f"name), got [{int(labels.min())}, {int(labels.max())}]")
+            raise InvalidArgumentError(f"ImageDataset: labels must lie in [0, {len(class_names)}) (one per class "
+                                       f"name), got [{int(labels.min())}, {int(labels.max())}]")
         channels = images.shape[1]
         mean = tuple(float(m) for m in (mean if mean is not None else (0.5,) * channels))
         std = tuple(float(s) for s in (std if std is not None else (0.5,) * channels))
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"ImageDataset: `mean`/`std` need one value per channel ({channels}), "
-                             f"got {len(mean)}/{len(std)}")
+            raise InvalidArgumentError(f"ImageDataset: `mean`/`std` need one value per channel ({channels}), "
+                                       f"got {len(mean)}/{len(std)}")
         if any(s <= 0 for s in std):
-            raise ValueError(f"ImageDataset: `std` must be positive, got {std}")
+            raise InvalidArgumentError(f"ImageDataset: `std` must be positive, got {std}")
         if imagenet_ids is not None:
             imagenet_ids = [int(i) for i in imagenet_ids]
             if len(imagenet_ids) != len(class_names):
-                raise ValueError(f"ImageDataset: {len(imagenet_ids)} imagenet_ids for "
-                                 f"{len(class_names)} classes")
+                raise InvalidArgumentError(f"ImageDataset: {len(imagenet_ids)} imagenet_ids for "
+                                           f"{len(class_names)} classes")
         self.images = images
         self.labels = labels
         self.class_names = class_names
@@ -99,7 +100,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def tensors(self, dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as ``dtype`` in [0, 1] and all labels, on ``device`` (converted there)."""
         if not dtype.is_floating_point:
-            raise TypeError(f"tensors(): `dtype` must be a floating-point dtype, got {dtype}")
+            raise InvalidTypeError(f"tensors(): `dtype` must be a floating-point dtype, got {dtype}")
         images = self.images.to(device)  # move the uint8 data (4× smaller), then convert
         return images.to(dtype).div_(255.0), self.labels.to(device)
 
@@ -113,9 +114,9 @@ class ImageDataset(torch.utils.data.Dataset):
                 raise TypeError
             c = operator.index(c)
         except TypeError:
-            raise TypeError(f"class index must be an int, got {type(c).__name__}") from None
+            raise InvalidTypeError(f"class index must be an int, got {type(c).__name__}") from None
         if not 0 <= c < self.num_classes:
-            raise ValueError(f"class index {c} is out of range: {self.name!r} has {self.num_classes} classes")
+            raise InvalidArgumentError(f"class index {c} is out of range: {self.name!r} has {self.num_classes} classes")
         return c
 
     def class_indices(self, c: int) -> torch.Tensor:
@@ -142,21 +143,21 @@ class ImageDataset(torch.utils.data.Dataset):
     def per_class(self, k: int, seed: int = 0) -> "ImageDataset":
         """``k`` random images of every class (class 0's first, then class 1's, …), the same for a seed."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"per_class(): `k` must be a positive int, got {k!r}")
+            raise InvalidArgumentError(f"per_class(): `k` must be a positive int, got {k!r}")
         gen = torch.Generator().manual_seed(int(seed))
         chosen = []
         for c in range(self.num_classes):
             idx = self.class_indices(c)
             if len(idx) < k:
-                raise ValueError(f"per_class(k={k}): class {c} ({self.class_names[c]!r}) of {self.name!r} "
-                                 f"has only {len(idx)} images; ask for k <= {len(idx)}")
+                raise InvalidArgumentError(f"per_class(k={k}): class {c} ({self.class_names[c]!r}) of {self.name!r} "
+                                           f"has only {len(idx)} images; ask for k <= {len(idx)}")
             chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
         return self.subset(torch.cat(chosen))
 
     def resize(self, resolution: int) -> "ImageDataset":
         """Images resized to ``resolution``² (bilinear, antialiased), e.g. Fashion-MNIST 28² → 32²."""
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise ValueError(f"resize(): `resolution` must be a positive int, got {resolution!r}")
+            raise InvalidArgumentError(f"resize(): `resolution` must be a positive int, got {resolution!r}")
         if self.images.shape[2] == self.images.shape[3] == resolution:
             return self
         out = torch.empty(len(self), self.channels, resolution, resolution, dtype=torch.uint8)
@@ -172,6 +173,6 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.channels == 3:
             return self
         if self.channels != 1:
-            raise ValueError(f"to_rgb(): needs 1 or 3 channels, {self.name!r} has {self.channels}")
+            raise InvalidArgumentError(f"to_rgb(): needs 1 or 3 channels, {self.name!r} has {self.channels}")
         return self._with(self.images.expand(-1, 3, -1, -1).contiguous(), self.labels,
                           mean=self.mean * 3, std=self.std * 3)

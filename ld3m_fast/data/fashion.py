@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError, MissingFileError
 from .dataset import ImageDataset
 from .idx import read_idx
 
@@ -31,7 +32,7 @@ FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-u
 
 def _check_split(split: str) -> str:
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"Fashion-MNIST: `split` must be 'train' or 'test', got {split!r}")
+        raise InvalidArgumentError(f"Fashion-MNIST: `split` must be 'train' or 'test', got {split!r}")
     return split
 
 
@@ -59,17 +60,17 @@ def read_fashion_mnist(folder: str | os.PathLike, split: str = "train",
     image_stem, label_stem = FASHION_MNIST_FILES[split]
     image_path, label_path = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
     if image_path is None or label_path is None:
-        raise FileNotFoundError(f"Fashion-MNIST: {Path(folder) / image_stem}[.gz] and "
+        raise MissingFileError(f"Fashion-MNIST: {Path(folder) / image_stem}[.gz] and "
                                 f"{Path(folder) / label_stem}[.gz] are needed")
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"Fashion-MNIST: {image_path} holds {images.dtype} {images.shape}, "
-                         "expected uint8 N×28×28 images")
+        raise InvalidArgumentError(f"Fashion-MNIST: {image_path} holds {images.dtype} {images.shape}, "
+                                   "expected uint8 N×28×28 images")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"Fashion-MNIST: {label_path} holds {labels.shape} labels for "
-                         f"{images.shape[0]} images in {image_path}")
+        raise InvalidArgumentError(f"Fashion-MNIST: {label_path} holds {labels.shape} labels for "
+                                   f"{images.shape[0]} images in {image_path}")
     if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"Fashion-MNIST: {label_path} has label {int(labels.max())}; classes are 0–9")
+        raise InvalidArgumentError(f"Fashion-MNIST: {label_path} has label {int(labels.max())}; classes are 0–9")
     return ImageDataset(torch.from_numpy(images.copy()).unsqueeze(1),
                         torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES, name,
                         FASHION_MNIST_MEAN, FASHION_MNIST_STD)
@@ -88,11 +89,11 @@ def fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -
             "the package works offline: embedded_fashion_mnist() or load_dataset('fashion-mnist').")
     if not folder.is_dir():
         where = f"root={os.fspath(root)!r}" if root is not None else f"default folder {folder}"
-        raise FileNotFoundError(f"Fashion-MNIST: the {where} does not exist. {hint}")
+        raise MissingFileError(f"Fashion-MNIST: the {where} does not exist. {hint}")
     found = _folder_with_files(folder, split)
     if found is None:
         stems = ", ".join(s + "[.gz]" for s in FASHION_MNIST_FILES[split])
-        raise FileNotFoundError(f"Fashion-MNIST: {folder} lacks the {split} files ({stems}). {hint}")
+        raise MissingFileError(f"Fashion-MNIST: {folder} lacks the {split} files ({stems}). {hint}")
     return read_fashion_mnist(found, split, name="fashion-mnist-full")
 
 
@@ -100,6 +101,6 @@ def embedded_fashion_mnist(split: str = "train") -> ImageDataset:
     """The Fashion-MNIST subset shipped with the package: 400 (train) or 200 (test) images per class."""
     split = _check_split(split)
     if _folder_with_files(EMBEDDED_FASHION_MNIST, split) is None:
-        raise FileNotFoundError(f"the embedded Fashion-MNIST files are missing from {EMBEDDED_FASHION_MNIST} "
+        raise MissingFileError(f"the embedded Fashion-MNIST files are missing from {EMBEDDED_FASHION_MNIST} "
                                 "(broken install?); recreate them with `python scripts/make_embedded_fashion_mnist.py`")
     return read_fashion_mnist(EMBEDDED_FASHION_MNIST, split, name="fashion-mnist")

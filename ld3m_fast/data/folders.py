@@ -19,6 +19,7 @@ import PIL
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from .cache import cache_key, load_cached, resolve_cache_dir, save_cached
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
 from .images import IMAGE_EXTENSIONS, UnreadableImageError, load_image_array
@@ -35,21 +36,22 @@ class ClassSource:
 
 def check_resolution(resolution) -> int:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"`resolution` must be a positive int (e.g. 128 or 256), got {resolution!r}")
+        raise InvalidArgumentError(f"`resolution` must be a positive int (e.g. 128 or 256), got {resolution!r}")
     return resolution
 
 
 def check_options(on_error, max_per_class, num_workers) -> tuple[str, int | None, int]:
     if on_error not in ON_ERROR:
-        raise ValueError(f"`on_error` must be 'stop' (raise on an unreadable image) or 'skip' (warn and "
-                         f"leave it out), got {on_error!r}")
+        raise InvalidArgumentError(f"`on_error` must be 'stop' (raise on an unreadable image) or 'skip' (warn and "
+                                   f"leave it out), got {on_error!r}")
     if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int)
                                       or max_per_class < 1):
-        raise ValueError(f"`max_per_class` must be None (all images) or a positive int, got {max_per_class!r}")
+        raise InvalidArgumentError(
+            f"`max_per_class` must be None (all images) or a positive int, got {max_per_class!r}")
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"`num_workers` must be a positive int (decoding threads), got {num_workers!r}")
+        raise InvalidArgumentError(f"`num_workers` must be a positive int (decoding threads), got {num_workers!r}")
     return on_error, max_per_class, num_workers
 
 
@@ -116,8 +118,8 @@ def load_class_folders(sources: Sequence[ClassSource], class_names: Sequence[str
     for label, source in enumerate(sources):
         found = list_image_files(source.folder)
         if not found:
-            raise ValueError(f"{source.describe}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                             f"{source.folder}")
+            raise InvalidArgumentError(f"{source.describe}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                                       f"{source.folder}")
         found = found[:max_per_class] if max_per_class else found
         files += found
         labels += [label] * len(found)
@@ -141,8 +143,8 @@ def load_class_folders(sources: Sequence[ClassSource], class_names: Sequence[str
     counts = torch.bincount(labels_t, minlength=len(sources))
     for label, source in enumerate(sources):
         if int(counts[label]) == 0:
-            raise ValueError(f"{source.describe}: every image in {source.folder} was unreadable and skipped; "
-                             "the class is empty")
+            raise InvalidArgumentError(f"{source.describe}: every image in {source.folder} was unreadable and skipped; "
+                                       "the class is empty")
     if cache_path is not None:
         save_cached(cache_path, key, images, labels_t,
                     {"name": name, "class_names": list(class_names), "resolution": resolution,
@@ -176,26 +178,27 @@ def class_folder(root: str | os.PathLike, resolution: int = 128, *, classes: Seq
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"class_folder: root {os.fspath(root)!r} is not a folder; pass root=<folder "
+        raise MissingFileError(f"class_folder: root {os.fspath(root)!r} is not a folder; pass root=<folder "
                                 "holding one sub-folder of images per class>")
     folder = folder.resolve()
     present = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if classes is None:
         if not present:
-            raise ValueError(f"class_folder: {folder} has no class sub-folders (expected root/<class>/<images>)")
+            raise InvalidArgumentError(
+                f"class_folder: {folder} has no class sub-folders (expected root/<class>/<images>)")
         classes = present
     else:
         if isinstance(classes, (str, bytes)):
-            raise TypeError("class_folder: `classes` must be a list of folder names, not a single string")
+            raise InvalidTypeError("class_folder: `classes` must be a list of folder names, not a single string")
         classes = [str(c) for c in classes]
         if not classes:
-            raise ValueError("class_folder: `classes` is empty")
+            raise InvalidArgumentError("class_folder: `classes` is empty")
         if len(set(classes)) != len(classes):
-            raise ValueError(f"class_folder: `classes` lists a class twice: {classes}")
+            raise InvalidArgumentError(f"class_folder: `classes` lists a class twice: {classes}")
         for label, cls in enumerate(classes):
             if not (folder / cls).is_dir():
                 shown = ", ".join(present[:20]) + (", ..." if len(present) > 20 else "")
-                raise FileNotFoundError(f"class_folder: class {label} {cls!r} has no folder {folder / cls}; "
+                raise MissingFileError(f"class_folder: class {label} {cls!r} has no folder {folder / cls}; "
                                         f"sub-folders present: {shown or 'none'}")
     sources = [ClassSource(folder / c, f"class {k} {c!r}") for k, c in enumerate(classes)]
     return load_class_folders(sources, classes, resolution, name=name or folder.name,

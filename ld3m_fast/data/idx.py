@@ -12,6 +12,8 @@ import struct
 
 import numpy as np
 
+from ..errors import InvalidArgumentError, InvalidTypeError
+
 # type code -> big-endian numpy dtype
 IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -25,7 +27,7 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
-            raise ValueError(f"IDX file {os.fspath(path)!r} is a damaged gzip file ({exc})") from exc
+            raise InvalidArgumentError(f"IDX file {os.fspath(path)!r} is a damaged gzip file ({exc})") from exc
     return data
 
 
@@ -34,17 +36,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
-        raise ValueError(f"{path!r} is not an IDX file (header bytes {data[:4].hex() or 'missing'}; "
-                         "expected 00 00 <type> <ndim>)")
+        raise InvalidArgumentError(f"{path!r} is not an IDX file (header bytes {data[:4].hex() or 'missing'}; "
+                                   "expected 00 00 <type> <ndim>)")
     dtype, ndim = IDX_TYPES[data[2]], data[3]
     if len(data) < 4 + 4 * ndim:
-        raise ValueError(f"IDX file {path!r} is truncated inside its header")
+        raise InvalidArgumentError(f"IDX file {path!r} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     count = int(np.prod(shape, dtype=np.int64))
     expected = 4 + 4 * ndim + count * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(f"IDX file {path!r} has {len(data)} bytes; its header {shape} of {dtype.name} "
-                         f"needs {expected} (truncated or damaged)")
+        raise InvalidArgumentError(f"IDX file {path!r} has {len(data)} bytes; its header {shape} of {dtype.name} "
+                                   f"needs {expected} (truncated or damaged)")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=4 + 4 * ndim).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
@@ -59,10 +61,10 @@ def write_idx(path: str | os.PathLike, array, compress: bool | None = None) -> N
     codes = {dt.newbyteorder("="): code for code, dt in IDX_TYPES.items()}
     code = codes.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise TypeError(f"write_idx: dtype {array.dtype} has no IDX type; use one of "
-                        f"{sorted(str(d) for d in codes)}")
+        raise InvalidTypeError(f"write_idx: dtype {array.dtype} has no IDX type; use one of "
+                               f"{sorted(str(d) for d in codes)}")
     if array.ndim > 255 or any(s >= 2**32 for s in array.shape):
-        raise ValueError(f"write_idx: shape {array.shape} does not fit the IDX header")
+        raise InvalidArgumentError(f"write_idx: shape {array.shape} does not fit the IDX header")
     payload = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
                + np.ascontiguousarray(array, dtype=IDX_TYPES[code]).tobytes())
     if compress if compress is not None else path.endswith(".gz"):

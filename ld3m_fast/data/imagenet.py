@@ -9,7 +9,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .classes import check_imagenet_classes, imagenet_class_names, imagenet_wnids, subset_classes
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError
+from .classes import (
+    check_imagenet_classes,
+    imagenet_class_names,
+    imagenet_wnids,
+    subset_classes,
+)
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
 from .folders import ClassSource, load_class_folders
 from .images import IMAGE_EXTENSIONS
@@ -30,30 +36,30 @@ def imagenet_subset(name: str, root: str | os.PathLike, split: str = "train", re
     ``cache_dir``: None → ``$LD3M_FAST_CACHE`` or ``~/.cache/ld3m_fast``; False → no cache.
     """
     if not isinstance(name, str):
-        raise TypeError(f"imagenet_subset: `name` must be a subset name, got {name!r}")
+        raise InvalidTypeError(f"imagenet_subset: `name` must be a subset name, got {name!r}")
     if name == "custom":
         if classes is None:
-            raise ValueError("imagenet_subset('custom', ...) needs classes=[ImageNet-1k class indices]")
+            raise InvalidArgumentError("imagenet_subset('custom', ...) needs classes=[ImageNet-1k class indices]")
         class_ids = check_imagenet_classes(classes)
         ds_name = "imagenet-custom"
     else:
         class_ids = subset_classes(name)
         if classes is not None and tuple(int(c) for c in classes) != class_ids:
-            raise ValueError(f"imagenet_subset: `classes` is only for name='custom'; {name!r} has its own "
-                             f"classes {list(class_ids)}")
+            raise InvalidArgumentError(f"imagenet_subset: `classes` is only for name='custom'; {name!r} has its own "
+                                       f"classes {list(class_ids)}")
         ds_name = name
     if split not in IMAGENET_SPLITS:
-        raise ValueError(f"imagenet_subset: `split` must be 'train' or 'val', got {split!r}")
+        raise InvalidArgumentError(f"imagenet_subset: `split` must be 'train' or 'val', got {split!r}")
     if root is None:
-        raise ValueError("imagenet_subset: pass root=<ImageNet folder holding train/ and val/>")
+        raise InvalidArgumentError("imagenet_subset: pass root=<ImageNet folder holding train/ and val/>")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"imagenet_subset: ImageNet root {os.fspath(root)!r} does not exist; pass "
+        raise MissingFileError(f"imagenet_subset: ImageNet root {os.fspath(root)!r} does not exist; pass "
                                 "root=<folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG>")
     split_dir = (base / split).resolve()
     if not split_dir.is_dir():
         present = sorted(p.name for p in base.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"imagenet_subset: no {split}/ folder in {base} (sub-folders there: "
+        raise MissingFileError(f"imagenet_subset: no {split}/ folder in {base} (sub-folders there: "
                                 f"{', '.join(present[:10]) or 'none'}); expected root/{split}/<wnid>/*.JPEG")
 
     wnids, names = imagenet_wnids(), imagenet_class_names()
@@ -66,7 +72,7 @@ def imagenet_subset(name: str, root: str | os.PathLike, split: str = "train", re
             if split == "val" and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(split_dir)[:100]):
                 hint = (" — val/ holds the images directly; sort them into one folder per wnid (the standard "
                         "layout) first")
-            raise FileNotFoundError(f"imagenet_subset: {describe} has no folder {folder}{hint}")
+            raise MissingFileError(f"imagenet_subset: {describe} has no folder {folder}{hint}")
         sources.append(ClassSource(folder, describe))
     return load_class_folders(
         sources, [names[i] for i in class_ids], resolution, name=ds_name,

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DamagedFileError, InvalidArgumentError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(DamagedFileError, OSError):
     """An image file that cannot be decoded; ``path`` names it."""
 
     def __init__(self, message: str, path: str):
@@ -27,7 +29,7 @@ class UnreadableImageError(OSError):
 def resize_crop_geometry(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
     """(resized width, resized height, crop left, crop top) for a ``width × height`` image."""
     if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}×{height}")
+        raise InvalidArgumentError(f"image size must be positive, got {width}×{height}")
     if width <= height:
         new_w, new_h = resolution, int(resolution * height / width)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from .classes import IMAGENET_SUBSETS
 from .dataset import ImageDataset
 from .fashion import embedded_fashion_mnist, fashion_mnist
@@ -20,12 +21,13 @@ def _names() -> str:
 
 def _fashion(name: str, root, split: str, resolution, kw: dict) -> ImageDataset:
     if kw:
-        raise TypeError(f"load_dataset({name!r}): unexpected arguments {sorted(kw)}")
+        raise InvalidTypeError(f"load_dataset({name!r}): unexpected arguments {sorted(kw)}")
     split = "test" if split in _TEST_SPLITS else split
     if name == "fashion-mnist":
         if root is not None:
-            raise ValueError("load_dataset('fashion-mnist') is the subset embedded in the package and takes no "
-                             "root; use 'fashion-mnist-full' with root=<folder with the IDX files>")
+            raise InvalidArgumentError(
+                "load_dataset('fashion-mnist') is the subset embedded in the package and takes no "
+                "root; use 'fashion-mnist-full' with root=<folder with the IDX files>")
         ds = embedded_fashion_mnist(split)
     else:
         ds = fashion_mnist(root, split)
@@ -39,9 +41,9 @@ def _folder_split(path: Path, split: str) -> Path:
         if (path / s).is_dir():
             return path / s
     if any((path / s).is_dir() for s in ("train", *_TEST_SPLITS)):
-        raise FileNotFoundError(f"load_dataset: {path} has split folders but no {split!r} folder")
+        raise MissingFileError(f"load_dataset: {path} has split folders but no {split!r} folder")
     if split != "train":
-        raise FileNotFoundError(f"load_dataset: {path} has no {'/'.join(aliases)} folder; a folder without "
+        raise MissingFileError(f"load_dataset: {path} has no {'/'.join(aliases)} folder; a folder without "
                                 "split folders serves split='train' only")
     return path
 
@@ -61,26 +63,26 @@ def load_dataset(name: str | os.PathLike, root: str | os.PathLike | None = None,
     'val' and 'test' are accepted for one another.
     """
     if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"load_dataset: `name` must be a data set name or a folder path, got {name!r}")
+        raise InvalidTypeError(f"load_dataset: `name` must be a data set name or a folder path, got {name!r}")
     if not isinstance(split, str):
-        raise TypeError(f"load_dataset: `split` must be 'train', 'val' or 'test', got {split!r}")
+        raise InvalidTypeError(f"load_dataset: `split` must be 'train', 'val' or 'test', got {split!r}")
     key = os.fspath(name)
     if key in ("fashion-mnist", "fashion-mnist-full"):
         return _fashion(key, root, split, resolution, kw)
     if key in IMAGENET_SUBSETS:
         if root is None:
-            raise ValueError(f"load_dataset({key!r}) needs root=<ImageNet folder holding train/ and val/>")
+            raise InvalidArgumentError(f"load_dataset({key!r}) needs root=<ImageNet folder holding train/ and val/>")
         split = "val" if split in _TEST_SPLITS else split
         return imagenet_subset(key, root, split, 128 if resolution is None else resolution, **kw)
     if key == "folder" or isinstance(name, os.PathLike) or os.sep in key or Path(key).is_dir():
         if key == "folder" and root is None:
-            raise ValueError("load_dataset('folder') needs root=<folder holding one sub-folder per class>")
+            raise InvalidArgumentError("load_dataset('folder') needs root=<folder holding one sub-folder per class>")
         if key != "folder" and root is not None:
-            raise ValueError(f"load_dataset: got the folder {key!r} as `name` and root={os.fspath(root)!r}; "
-                             "pass the folder once (as name, or as root with name='folder')")
+            raise InvalidArgumentError(f"load_dataset: got the folder {key!r} as `name` and root={os.fspath(root)!r}; "
+                                       "pass the folder once (as name, or as root with name='folder')")
         path = Path(root if key == "folder" else key).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"load_dataset: folder {os.fspath(path)!r} does not exist")
+            raise MissingFileError(f"load_dataset: folder {os.fspath(path)!r} does not exist")
         kw.setdefault("name", path.resolve().name)
         return class_folder(_folder_split(path, split), 128 if resolution is None else resolution, **kw)
-    raise ValueError(f"load_dataset: unknown data set {key!r}; known: {_names()}")
+    raise InvalidArgumentError(f"load_dataset: unknown data set {key!r}; known: {_names()}")

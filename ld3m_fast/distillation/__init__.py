@@ -6,10 +6,14 @@ trajectories. One module per concept: ``config`` (knobs and presets), ``real_dat
 algorithms share), ``dm``/``dc``/``mtt`` (the algorithms), ``experts``, ``checkpoint``, ``result``
 (``DistilledSet``), ``run`` (set-up and the loop).
 """
-from ..errors import DistillationDiverged
-from .config import DistillConfig
-from .experts import ExpertBuffer, train_experts
-from .result import DistilledSet
-from .run import distill
+import importlib
 
-__all__ = ["distill", "train_experts", "ExpertBuffer", "DistilledSet", "DistillConfig", "DistillationDiverged"]
+_EXPORTS = {"distill": "run", "train_experts": "experts", "ExpertBuffer": "experts", "DistilledSet": "result",
+            "DistillConfig": "config"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):  # imported on first use: the command line's parser needs the config without torch
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

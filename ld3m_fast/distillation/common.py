@@ -14,13 +14,12 @@ from typing import Callable
 
 import torch
 
-from ..errors import DistillationDiverged
+from ..errors import DamagedFileError, DistillationDiverged
 from ..seeding import generator
 from .checkpoint import load_optimizer_state, optimizer_state
 from .config import DistillConfig
 from .real_data import RealData
 from .result import DistilledSet
-
 
 _MOMENTUM = "momentum."    # checkpoint names of the synthetic set's optimiser state
 _ALGORITHM = "algorithm."  # checkpoint names of the algorithm's own state
@@ -32,7 +31,8 @@ class DistillRun:
 
     ``prepare`` (``run.py``) sets it up; the algorithms read and update it. ``config`` is the resolved
     settings in their JSON form, as stored with checkpoints and results; ``start`` the iterations a
-    checkpoint had completed; ``history`` one entry per iteration.
+    checkpoint had completed; ``history`` one entry per iteration; ``fingerprints`` identify the model,
+    data and expert buffer (``ld3m_fast.fingerprint``), so that a checkpoint is resumed only by their run.
     """
 
     cfg: DistillConfig
@@ -45,6 +45,7 @@ class DistillRun:
     algorithm: "Algorithm | None" = None
     start: int = 0
     history: list = field(default_factory=list)
+    fingerprints: dict = field(default_factory=dict)  # what the run works on: model, data, experts
 
     # --- where the classes are ------------------------------------------------------------------
     @property
@@ -112,7 +113,7 @@ class DistillRun:
     # --- checkpoints and results -------------------------------------------------------------------
     def is_row(self, key: str) -> bool:
         """Whether checkpoint tensor ``key`` has one row per synthetic image (sharded by class across ranks)."""
-        return key in self.synthetic.state() or key.startswith(_MOMENTUM)
+        return key in self.synthetic.state_names or key.startswith(_MOMENTUM)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Synthetic set, optimiser momentum and algorithm state, with the rows of all classes (a collective)."""
@@ -120,22 +121,59 @@ class DistillRun:
                        **{_ALGORITHM + k: v for k, v in self.algorithm.state().items()})
         return {k: self.gather_images(v) if self.is_row(k) else v for k, v in tensors.items()}
 
+    def load_synthetic(self, tensors: dict[str, torch.Tensor], source) -> None:
+        """Load the synthetic set of a checkpoint's ``full_state`` (this process's rows), checking that it fits."""
+        rows, expected = self.own_rows(), self.cfg.ipc * self.real.num_classes
+        names = set(self.synthetic.state_names)
+        missing = sorted(names - set(tensors))
+        bad = sorted(k for k in names & set(tensors) if tensors[k].dim() < 2 or tensors[k].shape[0] != expected
+                     or not tensors[k].is_floating_point() or not bool(torch.isfinite(tensors[k]).all()))
+        if missing or bad:
+            raise DamagedFileError(f"the checkpoint in {str(source)!r} does not fit this run (missing {missing}, "
+                                   f"damaged or of another size {bad}; {expected} images expected): delete it to start "
+                                   "over")
+        self.synthetic.load_state({k: tensors[k][rows] for k in names})
+
     def restore(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint's ``full_state`` (the rows of this process's classes)."""
+        """Load the optimiser's and the algorithm's state from a checkpoint's ``full_state`` (this process's rows)."""
         rows = self.own_rows()
-        load_optimizer_state(self.optimizer, {k: v[rows] for k, v in tensors.items() if k.startswith(_MOMENTUM)},
-                             _MOMENTUM)
+        self.load_local_state({k: v[rows] if self.is_row(k) else v for k, v in tensors.items()
+                               if k.startswith((_MOMENTUM, _ALGORITHM))})
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """This process's synthetic set, optimiser momentum and algorithm state (not gathered)."""
+        return dict(self.synthetic.state(), **optimizer_state(self.optimizer, _MOMENTUM),
+                    **{_ALGORITHM + k: v for k, v in self.algorithm.state().items()})
+
+    def load_local_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set the optimiser momentum, the algorithm state and (where given) the synthetic set from ``local_state``
+        tensors, in place: the optimiser keeps its parameters."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        with torch.no_grad():
+            for name, p in zip(self.synthetic.state_names, params):
+                if name in tensors:
+                    p.copy_(tensors[name])
+        load_optimizer_state(self.optimizer, tensors, _MOMENTUM)
         self.algorithm.load_state({k[len(_ALGORITHM):]: v for k, v in tensors.items() if k.startswith(_ALGORITHM)})
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of everything an iteration changes, to rewind to (``rewind``)."""
+        return {k: v.detach().clone() for k, v in self.local_state().items()}
+
+    def rewind(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Back to a ``snapshot``: undoes a partly applied iteration."""
+        self.load_local_state(snapshot)
 
     def result(self) -> DistilledSet:
         """The synthetic set now, as a :class:`DistilledSet` (a collective in a sharded run)."""
         synthetic = self.synthetic
         mean, std = synthetic.train_normalization
         state = {k: self.gather_images(v).cpu() for k, v in synthetic.state().items()}
+        syn_lr = self.algorithm.state().get("syn_lr")
         return DistilledSet(images=self.gather_images(synthetic.unit_images()).cpu(),
                             labels=torch.arange(self.real.num_classes).repeat_interleave(self.cfg.ipc), mean=mean,
                             std=std, class_names=self.real.class_names, config=self.config, history=list(self.history),
-                            Z=state.get("Z"), c=state.get("c"))
+                            Z=state.get("Z"), c=state.get("c"), syn_lr=None if syn_lr is None else float(syn_lr))
 
 
 class Algorithm:
@@ -172,10 +210,12 @@ def has_batchnorm(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def maybe_dsa(cfg: DistillConfig, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """Differentiable Siamese augmentation with ``seed`` (shared by the real and synthetic batch), if enabled."""
+def maybe_dsa(cfg: DistillConfig, x: torch.Tensor, seed: int, per_image: bool = False) -> torch.Tensor:
+    """Differentiable Siamese augmentation from ``seed``, if enabled: one draw shared by the batch (the real and the
+    synthetic batch of a class then see the same transformation), or with ``per_image`` one draw per image, as the
+    official code trains networks on synthetic images (still a function of ``seed``, so a gradient pass replays it)."""
     if not cfg.dsa:
         return x
     from ..augment import dsa
 
-    return dsa(x, seed=seed)
+    return dsa(x, seed=seed, per_sample=per_image)

@@ -11,6 +11,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..errors import InvalidArgumentError
+from ..seeding import check_seed
+
 ALGORITHMS = ("dm", "dc", "mtt")
 PRESETS_NAMES = ("ld3m", "glad")
 
@@ -18,7 +21,8 @@ PRESETS_NAMES = ("ld3m", "glad")
 PRESETS = {
     ("ld3m", "dm"): dict(lr=1.0, iterations=10000),
     ("ld3m", "dc"): dict(lr=0.1, iterations=10000),
-    ("ld3m", "mtt"): dict(lr=1000.0, iterations=10000, syn_steps=10, expert_epochs=2, max_start_epoch=2),
+    # the official script's lr is 1000 on half the true image gradient: 500 on the true one (docs/design.md §11)
+    ("ld3m", "mtt"): dict(lr=500.0, iterations=10000, syn_steps=10, expert_epochs=2, max_start_epoch=2),
     ("glad", "dm"): dict(lr=0.01, iterations=1000),
     ("glad", "dc"): dict(lr=0.001, iterations=1000),
     ("glad", "mtt"): dict(lr=10.0, iterations=1000, syn_steps=20, expert_epochs=3, max_start_epoch=5),
@@ -50,9 +54,9 @@ class DistillConfig:
     dsa: bool = True                     # differentiable Siamese augmentation on real and synthetic
     # latent space (LD3M)
     steps: int | None = None             # DDIM steps: 10 at <= 128², 20 above
-    guidance: float = 3.0
-    skip: str = "official"
-    eta: float = 0.0
+    guidance: float | None = None       # classifier-free guidance scale (3.0)
+    skip: str | None = None              # "official" (default), "paper" or "none"
+    eta: float | None = None             # DDIM eta (0)
     chunk_size: int | None = None        # images per recomputed denoiser call (default 10)
     memory_budget: int | str | None = None
     class_ids: tuple[int, ...] | None = None  # LDM class of each label; default: the dataset's, else 0..C-1
@@ -87,7 +91,7 @@ class DistillConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown distillation settings {unknown}; known: {sorted(names)}")
+            raise InvalidArgumentError(f"unknown distillation settings {unknown}; known: {sorted(names)}")
         d = dict(d)
         for key in ("class_ids", "syn_mean", "syn_std", "eval_archs"):
             if d.get(key) is not None:
@@ -104,67 +108,114 @@ def default_steps(resolution: int) -> int:
     return 10 if resolution <= 128 else 20
 
 
+# knobs of the latent space: setting one for a pixel-space run (model=None) is an error, not silently ignored
+LATENT_ONLY = ("steps", "guidance", "skip", "eta", "chunk_size", "memory_budget", "class_ids", "syn_mean", "syn_std",
+               "encode_input", "backend")
+
+
 def _positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
+        raise InvalidArgumentError(f"{name}={value!r} must be an int >= {minimum}")
 
 
-def _positive_float(name, value, allow_zero=False):
+def _positive_float(name, value, allow_zero=False, below=None):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}={value!r} must be a finite number {'>=' if allow_zero else '>'} 0")
+    if not ok or value < 0 or (value == 0 and not allow_zero) or (below is not None and value >= below):
+        limit = f" and < {below}" if below is not None else ""
+        raise InvalidArgumentError(f"{name}={value!r} must be a finite number {'>=' if allow_zero else '>'} 0{limit}")
+
+
+def _choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidArgumentError(f"{name}={value!r} is unknown; choose one of {tuple(choices)}")
+
+
+def _numbers(name, values, count, positive=False):
+    ok = isinstance(values, (tuple, list)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in values)
+    if not ok or len(values) != count:
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise InvalidArgumentError(f"{name}={values!r} must be {count} {kind} (one per image channel)")
 
 
 def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
             dataset_class_ids: tuple[int, ...] | None, num_classes: int) -> DistillConfig:
     """Fill the preset's defaults in and check every knob; returns a new, complete config."""
-    if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={cfg.algorithm!r} is unknown; choose one of {ALGORITHMS}")
-    if cfg.preset not in PRESETS_NAMES:
-        raise ValueError(f"preset={cfg.preset!r} is unknown; choose one of {PRESETS_NAMES}")
+    from ..engine.fused_step import BACKEND_NAMES
+    from ..engine.memory import parse_memory_budget
+    from ..engine.schedule import SKIP_VARIANTS, ddim_timesteps
+    from ..nets import canonical_norm, network_depth, parse_network_name
+
+    _choice("algorithm", cfg.algorithm, ALGORITHMS)
+    _choice("preset", cfg.preset, PRESETS_NAMES)
+    if not latent:
+        given = [k for k in LATENT_ONLY if getattr(cfg, k) is not None]
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} set for a pixel-space run (no model): they apply to the "
+                                       "latent space of an LDM only; pass a model or leave them unset")
     values = {k: v for k, v in PRESETS[(cfg.preset, cfg.algorithm)].items() if getattr(cfg, k) is None}
     out = dataclasses.replace(cfg, **values)
-    if out.steps is None:
-        out.steps = default_steps(resolution)
-    from ..nets import network_depth  # also rejects unknown network names here, before any work
-
-    out.net_depth = network_depth(out.net, resolution, out.net_depth)
-    if out.syn_mean is None and out.syn_std is None and channels == 3:
-        out.syn_mean, out.syn_std = OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD
-    if out.encode_input is None:
-        out.encode_input = "normalized"
-    if out.class_ids is None:
-        out.class_ids = tuple(dataset_class_ids) if dataset_class_ids is not None else tuple(range(num_classes))
+    out.net_depth = network_depth(out.net, resolution, out.net_depth)  # also rejects unknown network names here
+    if latent:
+        defaults = dict(steps=default_steps(resolution), guidance=3.0, skip="official", eta=0.0,
+                        encode_input="normalized")
+        for key, value in defaults.items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        if out.syn_mean is None and out.syn_std is None and channels == 3:
+            out.syn_mean, out.syn_std = OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD
+        if out.class_ids is None:
+            out.class_ids = tuple(dataset_class_ids) if dataset_class_ids is not None else tuple(range(num_classes))
     if out.algorithm != "mtt":
         out.syn_steps = out.expert_epochs = out.max_start_epoch = None
 
     _positive_int("ipc", out.ipc)
     _positive_int("iterations", out.iterations, minimum=0)
     _positive_float("lr", out.lr)
-    _positive_float("momentum", out.momentum, allow_zero=True)
+    _positive_float("momentum", out.momentum, allow_zero=True, below=1)
     _positive_int("batch_real", out.batch_real)
+    check_seed(out.seed)
     _positive_int("net_width", out.net_width)
+    parse_network_name(out.net)
     if out.net_depth is not None:
         _positive_int("net_depth", out.net_depth)
+    canonical_norm(out.net_norm)
+    if not isinstance(out.dsa, bool):
+        raise InvalidArgumentError(f"dsa={out.dsa!r} must be True or False")
     _positive_int("checkpoint_every", out.checkpoint_every)
-    if out.init not in ("real", "noise"):
-        raise ValueError(f"init={out.init!r} must be 'real' or 'noise'")
-    if out.encode_input not in ("normalized", "signed"):
-        raise ValueError(f"encode_input={out.encode_input!r} must be 'normalized' (the official code) or 'signed' ([-1, 1])")
-    if (out.syn_mean is None) != (out.syn_std is None):
-        raise ValueError("give syn_mean and syn_std together (or neither: the dataset's normalisation)")
-    if out.syn_mean is not None and (len(out.syn_mean) != channels or len(out.syn_std) != channels):
-        raise ValueError(f"syn_mean/syn_std need {channels} values (one per image channel), got "
-                         f"{len(out.syn_mean)}/{len(out.syn_std)}")
-    if len(out.class_ids) != num_classes:
-        raise ValueError(f"class_ids has {len(out.class_ids)} entries but the data has {num_classes} classes: "
-                         "give the LDM class of every label")
+    _choice("init", out.init, ("real", "noise"))
+    if latent:
+        _positive_int("steps", out.steps)
+        ddim_timesteps(out.steps)  # a count the schedule cannot run fails here, naming steps
+        _positive_float("guidance", out.guidance, allow_zero=True)
+        _choice("skip", out.skip, SKIP_VARIANTS)
+        _positive_float("eta", out.eta, allow_zero=True)
+        if out.chunk_size is not None:
+            _positive_int("chunk_size", out.chunk_size)
+        parse_memory_budget(out.memory_budget)
+        _choice("encode_input", out.encode_input, ("normalized", "signed"))
+        if out.backend is not None:
+            _choice("backend", out.backend, BACKEND_NAMES)
+        if (out.syn_mean is None) != (out.syn_std is None):
+            raise InvalidArgumentError("give syn_mean and syn_std together (or neither: the dataset's normalisation)")
+        if out.syn_mean is not None:
+            _numbers("syn_mean", out.syn_mean, channels)
+            _numbers("syn_std", out.syn_std, channels, positive=True)
+        if len(out.class_ids) != num_classes or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out.class_ids):
+            raise InvalidArgumentError(
+                f"class_ids={list(out.class_ids)!r} must give the LDM class (an int >= 0) of each of the data's "
+                f"{num_classes} labels")
     if out.eval_every is not None:
         _positive_int("eval_every", out.eval_every)
     _positive_int("eval_repeats", out.eval_repeats)
-    if latent:
-        _positive_int("steps", out.steps)
-        _positive_float("guidance", out.guidance, allow_zero=True)
+    if out.eval_epochs is not None:
+        _positive_int("eval_epochs", out.eval_epochs)
+    if isinstance(out.eval_archs, str) or not out.eval_archs:
+        raise InvalidArgumentError(f"eval_archs={out.eval_archs!r} must be a non-empty list of network names")
+    for arch in out.eval_archs:
+        parse_network_name(arch)
     if out.algorithm == "dc":
         _positive_float("lr_net", out.lr_net)
         _positive_int("outer_loop", out.outer_loop)
@@ -181,5 +232,5 @@ def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
     return out
 
 
-__all__ = ["DistillConfig", "ALGORITHMS", "PRESETS", "PRESETS_NAMES", "resolve", "knob_names", "default_steps",
-           "OFFICIAL_SYNTHETIC_MEAN", "OFFICIAL_SYNTHETIC_STD"]
+__all__ = ["DistillConfig", "ALGORITHMS", "PRESETS", "PRESETS_NAMES", "LATENT_ONLY", "resolve", "knob_names",
+           "default_steps", "OFFICIAL_SYNTHETIC_MEAN", "OFFICIAL_SYNTHETIC_STD"]

@@ -10,8 +10,9 @@ per class, shared by the real and the synthetic batch. With ``outer_loop > 1`` t
 trained on the synthetic set (``inner_loop`` epochs) between updates, as in the DC code; LD3M and
 GLaD use one outer loop, so the network stays random.
 
-The real gradient is taken over the whole real batch at once (the LD3M code averages two halves,
-which is the same mean for an even batch).
+Between outer loops the network trains on the synthetic set with one DSA draw per image, as the
+official code. The real gradient is taken over the whole real batch at once (the LD3M code
+averages the gradients of two halves, which equals it only for an even batch: docs/design.md §11).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _train_network_on_synthetic(run: DistillRun, net, opt, it, ol) -> None:
         order = torch.randperm(images.shape[0], generator=gen).to(run.device)
         for b, start in enumerate(range(0, images.shape[0], cfg.batch_train)):
             idx = order[start:start + cfg.batch_train]
-            x = maybe_dsa(cfg, images[idx], derive_seed(cfg.seed, it, ol, "inner", epoch, b))
+            x = maybe_dsa(cfg, images[idx], derive_seed(cfg.seed, it, ol, "inner", epoch, b), per_image=True)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), labels[idx]).backward()
             opt.step()

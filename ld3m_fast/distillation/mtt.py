@@ -10,16 +10,33 @@ First order: each ``g_i`` is taken at the student's parameters w_i without diffe
 through earlier steps, so the image gradient is ``Σ_i ∂/∂x [ v · g_i(w_i, x) ]`` with the constant
 vector ``v = 2 (lr (θ_{s+E} − θ_s) + lr² Σ g) / ‖θ_s − θ_{s+E}‖²``, and ``lr`` gets the exact
 gradient of ``L``. ``lr`` has its own SGD optimiser (learning rate ``lr_lr``, momentum 0.5).
+Student steps augment each image with its own DSA draw, replayed exactly by the gradient pass.
+This is GLaD's gradient; the official LD3M script applies half of it (docs/design.md §11), which
+is why the ``ld3m`` preset's learning rate is 500 where the script's is 1000.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
+from ..errors import DamagedFileError, DistillationDiverged, InvalidArgumentError
 from ..seeding import derive_seed, generator
 from .checkpoint import load_optimizer_state, optimizer_state
-from .common import Algorithm, DistillRun, DistillationDiverged, fresh_network, maybe_dsa
+from .common import Algorithm, DistillRun, fresh_network, maybe_dsa
 from .experts import ExpertBuffer, FlatParameters
+
+
+class StudentRun(NamedTuple):
+    """One iteration's expert segment and student steps: each step is (weights, image indices, DSA seed)."""
+
+    start: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    steps: list
+    grad_sum: torch.Tensor
 
 
 class MTT(Algorithm):
@@ -29,20 +46,22 @@ class MTT(Algorithm):
         super().__init__(run)
         cfg, real = run.cfg, run.real
         if experts is None:
-            raise ValueError("algorithm='mtt' needs expert trajectories: pass experts=<folder written by "
-                             "ld3m_fast.train_experts(...)> (or `ld3m-fast experts`)")
+            raise InvalidArgumentError("algorithm='mtt' needs expert trajectories: pass experts=<folder written by "
+                                       "ld3m_fast.train_experts(...)> (or `ld3m-fast experts`)")
         self.buffer = experts if isinstance(experts, ExpertBuffer) else ExpertBuffer(experts)
         self.buffer.check_fits(net=cfg.net, width=cfg.net_width, depth=cfg.net_depth, norm=cfg.net_norm,
                                channels=real.channels, resolution=real.resolution, num_classes=real.num_classes)
         if cfg.max_start_epoch - 1 + cfg.expert_epochs > self.buffer.epochs:
-            raise ValueError(f"max_start_epoch={cfg.max_start_epoch} and expert_epochs={cfg.expert_epochs} need "
-                             f"trajectories of at least {cfg.max_start_epoch - 1 + cfg.expert_epochs} epochs; the buffer "
-                             f"has {self.buffer.epochs}")
+            raise InvalidArgumentError(
+                f"max_start_epoch={cfg.max_start_epoch} and expert_epochs={cfg.expert_epochs} need "
+                f"trajectories of at least {cfg.max_start_epoch - 1 + cfg.expert_epochs} epochs; the buffer "
+                f"has {self.buffer.epochs}")
         self.net = fresh_network(run, derive_seed(cfg.seed, "mtt-structure"))
         self.flat = FlatParameters(self.net)
         if self.flat.size != self.buffer.meta["parameters"]:
-            raise ValueError(f"the expert buffer's networks have {self.buffer.meta['parameters']} parameters, this "
-                             f"run's {cfg.net} has {self.flat.size}")
+            raise InvalidArgumentError(
+                f"the expert buffer's networks have {self.buffer.meta['parameters']} parameters, this "
+                f"run's {cfg.net} has {self.flat.size}")
         self.syn_lr = torch.tensor(float(cfg.lr_teacher), device=run.device, requires_grad=True)
         self.lr_optimizer = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=0.5)
 
@@ -51,13 +70,17 @@ class MTT(Algorithm):
         return {"syn_lr": self.syn_lr.detach().clone(), **optimizer_state(self.lr_optimizer, "syn_lr_momentum.")}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        lr = tensors.get("syn_lr")
+        if lr is None or lr.numel() != 1 or not lr.is_floating_point() or not bool(torch.isfinite(lr).all()):
+            raise DamagedFileError("the checkpoint's MTT step size (syn_lr) is missing or damaged; delete the "
+                                   "checkpoint to start over")
         with torch.no_grad():
-            self.syn_lr.copy_(tensors["syn_lr"])
+            self.syn_lr.copy_(lr.reshape(()))
         load_optimizer_state(self.lr_optimizer, tensors, "syn_lr_momentum.")
 
     # --- one iteration ----------------------------------------------------------------------------
-    def loss_and_gradients(self, images: torch.Tensor, it: int):
-        """``(loss, image gradient, lr gradient)`` of iteration ``it`` for the images of all classes; changes nothing."""
+    def student(self, images: torch.Tensor, it: int) -> "StudentRun":
+        """Iteration ``it``'s expert segment and the student's ``syn_steps`` steps on ``images`` (no graph to them)."""
         cfg, run = self.run.cfg, self.run
         gen = generator(cfg.seed, it, "mtt")
         expert = int(torch.randint(len(self.buffer), (1,), generator=gen))
@@ -68,8 +91,6 @@ class MTT(Algorithm):
         n = images.shape[0]
         batch = cfg.batch_syn or n
         lr = float(self.syn_lr.detach())
-
-        # student trajectory (no graph to the images)
         w, grad_sum, steps, pending = start, torch.zeros_like(start), [], []
         for i in range(cfg.syn_steps):
             if not pending:
@@ -77,24 +98,29 @@ class MTT(Algorithm):
             idx = pending.pop()
             seed = derive_seed(cfg.seed, it, "mtt-dsa", i)
             w_i = w.detach().requires_grad_(True)
-            x = maybe_dsa(cfg, images[idx].detach(), seed)
-            (g,) = torch.autograd.grad(F.cross_entropy(self.flat.forward(w_i, x), labels[idx]), w_i)
+            (g,) = torch.autograd.grad(self.step_loss(images[idx].detach(), labels[idx], w_i, seed), w_i)
             steps.append((w_i.detach(), idx, seed))
             w = w_i.detach() - lr * g
             grad_sum = grad_sum + g
+        return StudentRun(start, target, labels, lr, steps, grad_sum)
 
-        param_dist = ((start - target) ** 2).sum()
-        v = 2 * (lr * (target - start) + lr * lr * grad_sum) / param_dist
+    def step_loss(self, x: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, seed: int) -> torch.Tensor:
+        """The cross-entropy of one student step: weights ``w`` on the batch ``x`` with its DSA draws ``seed``."""
+        return F.cross_entropy(self.flat.forward(w, maybe_dsa(self.run.cfg, x, seed, per_image=True)), labels)
+
+    def loss_and_gradients(self, images: torch.Tensor, it: int):
+        """``(loss, image gradient, lr gradient)`` of iteration ``it`` for the images of all classes; changes nothing."""
+        s = self.student(images, it)
+        param_dist = ((s.start - s.target) ** 2).sum()
+        v = 2 * (s.lr * (s.target - s.start) + s.lr * s.lr * s.grad_sum) / param_dist
         image_grad = torch.zeros_like(images)
-        for w_i, idx, seed in steps:
+        for w_i, idx, seed in s.steps:
             x_in = images[idx].detach().requires_grad_(True)
             w_i = w_i.requires_grad_(True)
-            ce = F.cross_entropy(self.flat.forward(w_i, maybe_dsa(cfg, x_in, seed)), labels[idx])
-            (g,) = torch.autograd.grad(ce, w_i, create_graph=True)
+            (g,) = torch.autograd.grad(self.step_loss(x_in, s.labels[idx], w_i, seed), w_i, create_graph=True)
             (gx,) = torch.autograd.grad((v * g).sum(), x_in)
             image_grad.index_add_(0, idx, gx)
-
-        loss = ((start - self.syn_lr * grad_sum - target) ** 2).sum() / param_dist
+        loss = ((s.start - self.syn_lr * s.grad_sum - s.target) ** 2).sum() / param_dist
         if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(image_grad).all())):
             raise DistillationDiverged(it, "the loss or its image gradient")
         (lr_grad,) = torch.autograd.grad(loss, self.syn_lr)

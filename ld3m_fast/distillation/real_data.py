@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.pairs import check_images_labels, image_label_pair
+from ..errors import InvalidArgumentError
 from ..normalization import normalize, to_unit
 
 
@@ -75,11 +76,13 @@ def as_real_data(train, num_classes: int | None = None, *, name: str = "train") 
     if num_classes is None:
         num_classes = len(class_names) if class_names else int(labels.max()) + 1
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"{name}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+        raise InvalidArgumentError(
+            f"{name}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
     counts = torch.bincount(labels, minlength=num_classes)
     empty = [k for k in range(num_classes) if counts[k] == 0]
     if empty:
-        raise ValueError(f"{name}: classes {empty} have no images; every class 0..{num_classes - 1} needs at least one")
+        raise InvalidArgumentError(
+            f"{name}: classes {empty} have no images; every class 0..{num_classes - 1} needs at least one")
     if mean is None or std is None:
         unit = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         mean = tuple(float(v) for v in unit.mean(dim=(0, 2, 3)))

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_atomic
+from ..errors import DamagedFileError, InvalidArgumentError, MissingFileError
 from ..image_grid import save_grid
-from ..normalization import normalize
+from ..data.pairs import check_images_labels
+from ..normalization import check_normalization, normalize
 
 _FORMAT = "ld3m_fast.distilled/1"
 
@@ -26,8 +28,8 @@ class DistilledSet:
 
     ``mean``/``std``: the normalisation the distillation loss saw these images with — train
     networks on ``(images − mean) / std``. ``Z``/``c``: LD3M's latents and class embeddings
-    (``None`` for a pixel-space set). ``history``: one entry per iteration (``loss``) plus
-    evaluation entries (``eval``).
+    (``None`` for a pixel-space set). ``syn_lr``: MTT's learned step size (``None`` otherwise).
+    ``history``: one entry per iteration (``loss``) plus evaluation entries (``eval``).
     """
 
     images: torch.Tensor
@@ -39,6 +41,7 @@ class DistilledSet:
     history: list[dict] = field(default_factory=list)
     Z: torch.Tensor | None = None
     c: torch.Tensor | None = None
+    syn_lr: float | None = None      # MTT's learned step size (the scripts' lr_best), None for DM/DC
 
     @property
     def space(self) -> str:
@@ -63,7 +66,7 @@ class DistilledSet:
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         write_atomic(out / "distilled.safetensors", lambda p: save_file(tensors, p, metadata={"format": _FORMAT}))
         info = {"format": _FORMAT, "space": self.space, "mean": list(self.mean), "std": list(self.std),
-                "class_names": self.class_names, "config": self.config, "history": self.history}
+                "class_names": self.class_names, "syn_lr": self.syn_lr, "config": self.config, "history": self.history}
         write_atomic(out / "distilled.json", lambda p: Path(p).write_text(json.dumps(info, indent=1)))
         scale = max(1, 64 // self.images.shape[-1])
         for k, name in enumerate(self.class_names):
@@ -76,18 +79,39 @@ class DistilledSet:
 
     @classmethod
     def load(cls, directory) -> "DistilledSet":
-        """Read a set written by :meth:`save`."""
+        """Read a set written by :meth:`save`; a missing, damaged or tampered file is an error naming it."""
         from safetensors.torch import load_file
 
         d = Path(directory)
+        if not d.is_dir():
+            raise MissingFileError(f"{str(d)!r} is not a folder: give the folder a distillation run wrote "
+                                   "(it holds distilled.safetensors and distilled.json)")
         for name in ("distilled.safetensors", "distilled.json"):
             if not (d / name).is_file():
-                raise FileNotFoundError(f"{str(d / name)!r} is missing: is {str(d)!r} a folder written by DistilledSet.save?")
-        info = json.loads((d / "distilled.json").read_text())
-        if info.get("format") != _FORMAT:
-            raise ValueError(f"{str(d)!r} holds format {info.get('format')!r}, expected {_FORMAT!r}")
-        t = load_file(str(d / "distilled.safetensors"))
-        return cls(images=t["images"], labels=t["labels"], mean=tuple(info["mean"]), std=tuple(info["std"]),
-                   class_names=list(info["class_names"]), config=info["config"], history=info["history"],
-                   Z=t.get("Z"), c=t.get("c"))
-
+                raise MissingFileError(
+                    f"{str(d / name)!r} is missing: is {str(d)!r} a folder written by DistilledSet.save?")
+        try:
+            info = json.loads((d / "distilled.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DamagedFileError(f"{str(d / 'distilled.json')!r} is not valid JSON ({err})") from None
+        if not isinstance(info, dict) or info.get("format") != _FORMAT:
+            raise DamagedFileError(f"{str(d / 'distilled.json')!r} holds format "
+                                   f"{info.get('format') if isinstance(info, dict) else None!r}, expected {_FORMAT!r}")
+        try:
+            t = load_file(str(d / "distilled.safetensors"))
+        except Exception as err:  # safetensors' own errors: truncated, not a safetensors file, ...
+            raise DamagedFileError(f"{str(d / 'distilled.safetensors')!r} cannot be read ({type(err).__name__}: "
+                                   f"{err}); write the set again") from None
+        missing = [k for k in ("images", "labels") if k not in t] + \
+                  [k for k in ("mean", "std", "class_names", "config", "history") if k not in info]
+        if missing:
+            raise DamagedFileError(f"the distilled set in {str(d)!r} lacks {missing}; write it again")
+        images, labels = t["images"], t["labels"]
+        check_images_labels(images, labels, f"{str(d)!r} images", f"{str(d)!r} labels")
+        try:
+            mean, std = check_normalization(info["mean"], info["std"], images.shape[1], f"{str(d)!r} mean/std")
+        except InvalidArgumentError as err:
+            raise DamagedFileError(str(err)) from None
+        return cls(images=images, labels=labels, mean=mean, std=std, class_names=list(info["class_names"]),
+                   config=info["config"], history=info["history"], Z=t.get("Z"), c=t.get("c"),
+                   syn_lr=info.get("syn_lr"))

@@ -12,6 +12,7 @@ import torch
 
 from ..engine.latent_model import as_latent_model
 from ..engine.rendering import render
+from ..errors import InvalidArgumentError
 from ..normalization import denormalize, to_unit
 from ..seeding import derive_seed, generator
 from .config import DistillConfig
@@ -24,8 +25,8 @@ def initial_real_indices(real: RealData, ipc: int, seed: int, k: int) -> torch.T
     Also the fair "random real subset" baseline: the very images distillation started from."""
     idx = real.indices[k]
     if idx.numel() < ipc:
-        raise ValueError(f"ipc={ipc} is larger than class {k} ({real.class_names[k]!r}), which has "
-                         f"{idx.numel()} real images; use ipc <= {idx.numel()} or init='noise'")
+        raise InvalidArgumentError(f"ipc={ipc} is larger than class {k} ({real.class_names[k]!r}), which has "
+                                   f"{idx.numel()} real images; use ipc <= {idx.numel()} or init='noise'")
     return idx[torch.randperm(idx.numel(), generator=generator(seed, "init", k))[:ipc]]
 
 
@@ -57,6 +58,7 @@ class LatentSynthetic(_SyntheticSet):
     """LD3M's synthetic set: ``Z`` (N, C, h, w) and ``c`` (N, L, D), rendered through the LDM."""
 
     space = "latent"
+    state_names = ("Z", "c")  # in the order of parameters()
 
     def __init__(self, model, cfg: DistillConfig, real: RealData, device, classes=None):
         super().__init__(cfg, real, device, classes)
@@ -82,19 +84,26 @@ class LatentSynthetic(_SyntheticSet):
     def _encode(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = to_unit(images_uint8, self.device)
         x = self.real.normalize(x) if self.cfg.encode_input == "normalized" else 2 * x - 1
-        return self.lm.encode_images(x)
+        try:
+            return self.lm.encode_images(x)
+        except RuntimeError as err:  # the encoder's first convolution refuses images of another channel count
+            raise InvalidArgumentError(
+                f"the LDM's encoder cannot take the data's {self.real.channels}-channel {self.real.resolution}² images "
+                f"({str(err).splitlines()[0][:160]}): use data the model was made for (cin256-v2: RGB) or a model "
+                "made for this data") from None
 
     def _check_geometry(self, z: torch.Tensor) -> None:
         res = self.real.resolution
         if res % z.shape[-1] != 0:
-            raise ValueError(f"image size {res} is not divisible by the autoencoder's factor "
-                             f"(~{res / z.shape[-1]:.2f}): resize the images to a multiple of it")
+            raise InvalidArgumentError(f"image size {res} is not divisible by the autoencoder's factor "
+                                       f"(~{res / z.shape[-1]:.2f}): resize the images to a multiple of it")
         with torch.no_grad():
             out = self.lm.decode(self.lm.quantize(z))
         if tuple(out.shape[-2:]) != (res, res) or out.shape[1] != self.real.channels:
-            raise ValueError(f"the autoencoder turns {tuple(z.shape[1:])} latents into {tuple(out.shape[1:])} images, "
-                             f"but the real images are {self.real.channels}×{res}×{res}: image size or channels do "
-                             f"not fit this LDM (factor {res // z.shape[-1]})")
+            raise InvalidArgumentError(
+                f"the autoencoder turns {tuple(z.shape[1:])} latents into {tuple(out.shape[1:])} images, "
+                f"but the real images are {self.real.channels}×{res}×{res}: image size or channels do "
+                f"not fit this LDM (factor {res // z.shape[-1]})")
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.Z, self.c]
@@ -135,6 +144,7 @@ class PixelSynthetic(_SyntheticSet):
     """The classic baselines' synthetic set: the (normalised) pixels themselves."""
 
     space = "pixel"
+    state_names = ("X",)
 
     def __init__(self, cfg: DistillConfig, real: RealData, device, classes=None):
         super().__init__(cfg, real, device, classes)

@@ -11,9 +11,21 @@
 - ``sampler``: ``DDIMSampler``, the drop-in for the official sampler, and ``patch_ldm``;
 - ``reference``: plain-PyTorch LD3M as the official code runs it (the oracle of the tests).
 """
-from .fused_step import (BACKEND_NAMES, StepCoefficients, available_backends, backend_status, denoise_step,
-                         get_backend, select_backend)
-from .latent_model import LatentModel, as_denoiser, as_latent_model, check_latents_and_context
+from .fused_step import (
+                         BACKEND_NAMES,
+                         StepCoefficients,
+                         available_backends,
+                         backend_status,
+                         denoise_step,
+                         get_backend,
+                         select_backend,
+)
+from .latent_model import (
+                         LatentModel,
+                         as_denoiser,
+                         as_latent_model,
+                         check_latents_and_context,
+)
 from .rendering import render
 from .sampler import DDIMSampler, patch_ldm
 from .schedule import DDIMSchedule, ddim_timesteps, linear_alphas_cumprod

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidArgumentError
 from .fused_step import StepCoefficients, select_backend
 from .latent_model import Denoiser
 from .schedule import DDIMSchedule
@@ -47,8 +48,10 @@ class ChainSettings:
     def __post_init__(self):
         self.unconditional = guidance_contexts(self.schedule, self.unconditional)
         if self.latent_stride > 1 and any(coef.sigma for coef in self.schedule.coefficients):
-            raise ValueError(f"latent_stride={self.latent_stride} needs eta=0: the regenerated steps would need their "
-                             "DDIM noise again; use latent_stride=1 with eta > 0")
+            raise InvalidArgumentError(
+                f"latent_stride={self.latent_stride} needs eta=0: the regenerated steps would need their "
+                "DDIM noise again; use latent_stride=1 with eta > 0")
+
 
 def guidance_contexts(schedule: DDIMSchedule, unconditional: torch.Tensor | None) -> torch.Tensor | None:
     """The unconditional contexts a chain with ``schedule`` uses: ``None`` when unguided (``guidance == 1``);
@@ -56,8 +59,9 @@ def guidance_contexts(schedule: DDIMSchedule, unconditional: torch.Tensor | None
     if not schedule.guided:
         return None
     if unconditional is None:
-        raise ValueError(f"guidance={schedule.guidance} needs the unconditional class embedding, which this model "
-                         "lacks; give LatentModel(unconditional=...) or use guidance=1.0 (no guidance)")
+        raise InvalidArgumentError(
+            f"guidance={schedule.guidance} needs the unconditional class embedding, which this model "
+            "lacks; give LatentModel(unconditional=...) or use guidance=1.0 (no guidance)")
     return unconditional
 
 

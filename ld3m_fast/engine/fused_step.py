@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import extension
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
@@ -152,7 +153,7 @@ BACKENDS = {
 def get_backend(name: str) -> Backend:
     """The backend called ``name`` (it may be unavailable here: see ``backend_status``)."""
     if name not in BACKENDS:
-        raise ValueError(f"backend={name!r} is unknown; choose one of {BACKEND_NAMES} or None for automatic")
+        raise InvalidArgumentError(f"backend={name!r} is unknown; choose one of {BACKEND_NAMES} or None for automatic")
     return BACKENDS[name]
 
 
@@ -174,10 +175,10 @@ def select_backend(tensor: torch.Tensor, backend: str | None = None) -> Backend:
         b = get_backend(backend)
         reason = b.unavailable_reason(tensor.device.type)
         if reason is not None:
-            raise RuntimeError(f"backend={backend!r} cannot run on {tensor.device.type} tensors here: {reason}. "
-                               f"Available for them: {available_backends(tensor)} (README, 'Engine')")
+            raise InvalidArgumentError(f"backend={backend!r} cannot run on {tensor.device.type} tensors here: {reason}. "
+                                       f"Available for them: {available_backends(tensor)} (README, 'Engine')")
         if tensor.dtype not in DTYPES:
-            raise TypeError(f"backend={backend!r} does not support {tensor.dtype} tensors; use one of {DTYPES}")
+            raise InvalidTypeError(f"backend={backend!r} does not support {tensor.dtype} tensors; use one of {DTYPES}")
         return b
     for name in _AUTO_ORDER.get(tensor.device.type, ("torch",)):
         if BACKENDS[name].supports(tensor):
@@ -213,8 +214,8 @@ def check_step_tensors(**tensors: torch.Tensor | None) -> None:
     ref_name, ref = present[0]
     for name, t in present[1:]:
         if t.shape != ref.shape or t.dtype != ref.dtype or t.device != ref.device:
-            raise ValueError(f"{name} is {tuple(t.shape)} {t.dtype} on {t.device} but {ref_name} is "
-                             f"{tuple(ref.shape)} {ref.dtype} on {ref.device}: all step tensors must match")
+            raise InvalidArgumentError(f"{name} is {tuple(t.shape)} {t.dtype} on {t.device} but {ref_name} is "
+                                       f"{tuple(ref.shape)} {ref.dtype} on {ref.device}: all step tensors must match")
 
 
 def denoise_step(z: torch.Tensor, eps_u: torch.Tensor, eps_c: torch.Tensor, anchor: torch.Tensor | None,
@@ -229,7 +230,7 @@ def denoise_step(z: torch.Tensor, eps_u: torch.Tensor, eps_c: torch.Tensor, anch
     """
     check_step_tensors(z=z, eps_u=eps_u, eps_c=eps_c, anchor=anchor, noise=noise)
     if anchor is None and (coef.blend_x0 or coef.blend_out):
-        raise ValueError("anchor is None but the coefficients blend it in (blend_x0/blend_out != 0)")
+        raise InvalidArgumentError("anchor is None but the coefficients blend it in (blend_x0/blend_out != 0)")
     if noise is None and coef.sigma:
-        raise ValueError(f"coef.sigma={coef.sigma} needs a noise tensor")
+        raise InvalidArgumentError(f"coef.sigma={coef.sigma} needs a noise tensor")
     return _FusedStep.apply(z, eps_u, eps_c, anchor, noise, coef, return_x0, backend)

@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -39,8 +41,8 @@ def as_denoiser(obj) -> Denoiser:
         return diffusers_eps
     if callable(obj):
         return obj
-    raise TypeError(f"cannot use a {type(obj).__name__} as a denoiser: pass a callable eps(z, t, context), "
-                    "a diffusers UNet2DConditionModel or a model with apply_model(x, t, c)")
+    raise InvalidTypeError(f"cannot use a {type(obj).__name__} as a denoiser: pass a callable eps(z, t, context), "
+                           "a diffusers UNet2DConditionModel or a model with apply_model(x, t, c)")
 
 
 @dataclass
@@ -86,14 +88,16 @@ class LatentModel:
     def contexts(self, class_ids: torch.Tensor) -> torch.Tensor:
         """Contexts ``(N, L, D)`` of the class ids ``class_ids`` (checked against the classes the model knows)."""
         if self.class_contexts is None:
-            raise TypeError("this model has no class embedder: class-conditional rendering needs one "
-                            "(a CompVis-style LDM with get_learned_conditioning, or LatentModel(class_contexts=...))")
+            raise InvalidTypeError(
+                "this model has no class embedder: class-conditional rendering needs one "
+                "(a CompVis-style LDM with get_learned_conditioning, or LatentModel(class_contexts=...))")
         ids = torch.as_tensor(class_ids)
         if self.num_classes is not None and ids.numel() and (int(ids.max()) >= self.num_classes or int(ids.min()) < 0):
             bad = sorted({int(i) for i in ids.flatten() if not 0 <= int(i) < self.num_classes})
-            raise ValueError(f"the LDM's class embedder knows classes 0..{self.num_classes - 1} (plus the "
-                             f"unconditional one), not {bad}; pass class_ids=... mapping each label to a class of "
-                             "the model")
+            raise InvalidArgumentError(
+                f"the LDM's class embedder knows classes 0..{self.num_classes - 1} (plus the "
+                f"unconditional one), not {bad}; pass class_ids=... mapping each label to a class of "
+                "the model")
         with torch.no_grad():
             c = self.class_contexts(ids.to(self.device))
         return c if c.dim() == 3 else c.unsqueeze(1)
@@ -101,8 +105,8 @@ class LatentModel:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-quantisation latents of ``images`` (as the encoder expects them), without gradients."""
         if self.encode is None:
-            raise TypeError("this model has no encoder (first_stage_model.encode): start the latents from noise "
-                            "(init='noise') or give LatentModel(encode=...)")
+            raise InvalidTypeError("this model has no encoder (first_stage_model.encode): start the latents from noise "
+                                   "(init='noise') or give LatentModel(encode=...)")
         with torch.no_grad():
             z = self.encode(images.to(self.device, self.dtype))
         return z[0] if isinstance(z, (tuple, list)) else z
@@ -168,7 +172,7 @@ def as_latent_model(model) -> LatentModel:
             latent_channels=_latent_channels(model), module=model if isinstance(model, torch.nn.Module) else None,
             encode=getattr(fs, "encode", None), class_contexts=_compvis_contexts(model),
             num_classes=None if emb is None else emb.num_embeddings - 1)
-    raise TypeError(
+    raise InvalidTypeError(
         f"cannot render with a {type(model).__name__}: pass an ld3m_fast.LatentModel(denoiser, quantize, decode, ...) "
         "or a CompVis-style LDM with apply_model and first_stage_model")
 
@@ -178,37 +182,47 @@ def check_latents_and_context(Z: torch.Tensor, c: torch.Tensor, model: LatentMod
     """Shapes, dtypes, devices and finiteness of the latents ``Z`` (N, C, h, w) and contexts ``c`` (N, L, D)."""
     for name, t in ((z_name, Z), (c_name, c)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InvalidTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(f"{name} has dtype {t.dtype}; pass a floating-point tensor (e.g. {name}.float())")
+            raise InvalidTypeError(f"{name} has dtype {t.dtype}; pass a floating-point tensor (e.g. {name}.float())")
     if Z.dim() != 4:
-        raise ValueError(f"{z_name} must be (N, C, h, w), got shape {tuple(Z.shape)}")
+        raise InvalidArgumentError(f"{z_name} must be (N, C, h, w), got shape {tuple(Z.shape)}")
     if c.dim() != 3:
-        raise ValueError(f"{c_name} must be (N, L, D) class embeddings (cin256-v2: (N, 1, 512)), got shape "
-                         f"{tuple(c.shape)}" + ("; add the token axis with c.unsqueeze(1)" if c.dim() == 2 else ""))
+        raise InvalidArgumentError(
+            f"{c_name} must be (N, L, D) class embeddings (cin256-v2: (N, 1, 512)), got shape "
+            f"{tuple(c.shape)}" + ("; add the token axis with c.unsqueeze(1)" if c.dim() == 2 else ""))
     if Z.shape[0] != c.shape[0]:
-        raise ValueError(f"{z_name} has {Z.shape[0]} latents but {c_name} has {c.shape[0]} embeddings: "
-                         f"pass one embedding per latent ({c_name}.shape[0] == {z_name}.shape[0])")
+        raise InvalidArgumentError(f"{z_name} has {Z.shape[0]} latents but {c_name} has {c.shape[0]} embeddings: "
+                                   f"pass one embedding per latent ({c_name}.shape[0] == {z_name}.shape[0])")
     if Z.shape[0] == 0:
-        raise ValueError(f"{z_name} is empty: there is nothing to render")
+        raise InvalidArgumentError(f"{z_name} is empty: there is nothing to render")
+    if model is not None and model.unconditional is not None:
+        u = model.unconditional.reshape(-1, model.unconditional.shape[-1])  # (L, D)
+        if c.shape[-1] != u.shape[-1] or c.shape[1] != u.shape[0]:
+            raise InvalidArgumentError(
+                f"{c_name} has {c.shape[1]} tokens of width {c.shape[-1]} but the model's class embeddings have "
+                f"{u.shape[0]} of width {u.shape[-1]} (cin256-v2: 1 × 512); make {c_name} with the model's "
+                "get_learned_conditioning(class_ids)")
     if model is not None and model.latent_channels is not None and Z.shape[1] != model.latent_channels:
-        raise ValueError(f"{z_name} has {Z.shape[1]} channels but the model's latent space has {model.latent_channels} "
-                         f"(cin256-v2: 3); pass latents of shape (N, {model.latent_channels}, h, w)")
+        raise InvalidArgumentError(
+            f"{z_name} has {Z.shape[1]} channels but the model's latent space has {model.latent_channels} "
+            f"(cin256-v2: 3); pass latents of shape (N, {model.latent_channels}, h, w)")
     if Z.device != c.device:
-        raise ValueError(f"{z_name} is on {Z.device} but {c_name} is on {c.device}: move both to one device")
+        raise InvalidArgumentError(f"{z_name} is on {Z.device} but {c_name} is on {c.device}: move both to one device")
     if Z.dtype != c.dtype:
-        raise TypeError(f"{z_name} is {Z.dtype} but {c_name} is {c.dtype}: use one dtype for both "
-                        f"(e.g. {c_name} = {c_name}.to({z_name}.dtype))")
+        raise InvalidTypeError(f"{z_name} is {Z.dtype} but {c_name} is {c.dtype}: use one dtype for both "
+                               f"(e.g. {c_name} = {c_name}.to({z_name}.dtype))")
     if model is not None and model.module is not None:
         if model.device != Z.device:
-            raise ValueError(f"the model is on {model.device} but {z_name} is on {Z.device}: "
-                             f"move them to one device (model.to(device) or {z_name}.to(device))")
+            raise InvalidArgumentError(f"the model is on {model.device} but {z_name} is on {Z.device}: "
+                                       f"move them to one device (model.to(device) or {z_name}.to(device))")
         if model.dtype != Z.dtype:
-            raise TypeError(f"the model's weights are {model.dtype} but {z_name} is {Z.dtype}: "
-                            f"convert one of them (model.to({z_name}.dtype) or {z_name}.to({model.dtype}))")
+            raise InvalidTypeError(f"the model's weights are {model.dtype} but {z_name} is {Z.dtype}: "
+                                   f"convert one of them (model.to({z_name}.dtype) or {z_name}.to({model.dtype}))")
     if check_finite:
         for name, t in ((z_name, Z), (c_name, c)):
             if not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{name} has {bad} NaN/Inf values; fix the input (or the learning rate that produced it). "
-                                 "Pass check_finite=False to skip this check")
+                raise InvalidArgumentError(
+                    f"{name} has {bad} NaN/Inf values; fix the input (or the learning rate that produced it). "
+                    "Pass check_finite=False to skip this check")

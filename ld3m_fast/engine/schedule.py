@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from .fused_step import StepCoefficients
 
 SKIP_VARIANTS = ("official", "paper", "none")
@@ -30,15 +31,15 @@ def linear_alphas_cumprod(num_timesteps: int = 1000, linear_start: float = 0.001
 def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> list[int]:
     """The official "uniform" DDIM timesteps, ascending (``steps=10`` → 1, 101, …, 901)."""
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        raise InvalidTypeError(f"steps must be an int, got {type(steps).__name__}")
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps={steps} is out of range: choose 1 <= steps <= {num_timesteps}")
+        raise InvalidArgumentError(f"steps={steps} is out of range: choose 1 <= steps <= {num_timesteps}")
     stride = num_timesteps // steps
     taus = [t + 1 for t in range(0, num_timesteps, stride)]
     if taus[-1] >= num_timesteps:
         valid = [s for s in range(steps - 1, 0, -1) if (num_timesteps - 1) % (num_timesteps // s) != 0]
         hint = f"; the nearest smaller valid value is {valid[0]}" if valid else ""
-        raise ValueError(
+        raise InvalidArgumentError(
             f"steps={steps} gives stride {stride} and timestep {taus[-1]}, which a {num_timesteps}-step schedule "
             f"does not have (the official sampler fails with an index error here){hint}")
     return taus
@@ -71,18 +72,19 @@ class DDIMSchedule:
     def make(cls, steps: int, alphas_cumprod: torch.Tensor | None = None, guidance: float = 3.0,
              skip: str = "official", eta: float = 0.0) -> "DDIMSchedule":
         if skip not in SKIP_VARIANTS:
-            raise ValueError(f"skip={skip!r} is unknown; choose one of {SKIP_VARIANTS}")
+            raise InvalidArgumentError(f"skip={skip!r} is unknown; choose one of {SKIP_VARIANTS}")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
                 or guidance < 0:
-            raise ValueError(f"guidance={guidance} must be a finite number >= 0 (LD3M uses 3.0; 1.0 disables guidance)")
+            raise InvalidArgumentError(
+                f"guidance={guidance!r} must be a finite number >= 0 (LD3M uses 3.0; 1.0 disables guidance)")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta={eta} must be a finite number >= 0 (LD3M uses 0)")
+            raise InvalidArgumentError(f"eta={eta!r} must be a finite number >= 0 (LD3M uses 0)")
         acp = linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         acp = acp.detach().to("cpu", torch.float64)
         taus = ddim_timesteps(steps, acp.numel())
         n = len(taus)
         if skip == "official" and n == 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "steps=1 with skip='official' is undefined: the official skip weight k/K divides by K = 0. "
                 "Use steps >= 2, or skip='paper' / skip='none' for a single step")
         a_t = acp[taus]

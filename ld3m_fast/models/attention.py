@@ -16,6 +16,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..errors import InvalidArgumentError
+
 CORES = ("math", "sdpa", "xformers")
 
 
@@ -41,7 +43,7 @@ class AttentionProcessor:
 
     def __init__(self, core: str = "sdpa"):
         if core not in CORES:
-            raise ValueError(f"attention core {core!r}: choose one of {CORES}")
+            raise InvalidArgumentError(f"attention core {core!r}: choose one of {CORES}")
         self.core = core
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,

@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from ..errors import InvalidArgumentError
 from .config import LDMConfig
 from .ldm import SCHEDULE_BUFFERS, LatentDiffusion, schedule_tensors
 
@@ -165,11 +166,11 @@ def compvis_to_state_dict(sd: dict[str, torch.Tensor], model: LatentDiffusion, s
             parts.append(f"unexpected keys: {_fmt_list(sorted(unexpected))}")
         if misshaped:
             parts.append(f"keys of the wrong shape: {_fmt_list(misshaped)}")
-        raise ValueError("\n".join(parts))
+        raise InvalidArgumentError("\n".join(parts))
     _check_schedule(sd, cfg, source)
     if "scale_factor" in sd and abs(float(sd["scale_factor"]) - cfg.scale_factor) > 1e-6 * abs(cfg.scale_factor):
-        raise ValueError(f"{source} has scale_factor={float(sd['scale_factor'])} but the config says "
-                         f"{cfg.scale_factor}; use config.replace(scale_factor=...)")
+        raise InvalidArgumentError(f"{source} has scale_factor={float(sd['scale_factor'])} but the config says "
+                                   f"{cfg.scale_factor}; use config.replace(scale_factor=...)")
     return out
 
 
@@ -181,9 +182,10 @@ def _check_schedule(sd, cfg: LDMConfig, source: str) -> None:
         theirs = sd[name].detach().double().cpu()
         mine = ours[name].double()
         if theirs.shape != mine.shape or not torch.allclose(theirs, mine, rtol=1e-5, atol=1e-7):
-            raise ValueError(f"{source} was trained with another noise schedule: its {name} differs from the linear "
-                             f"schedule of {cfg.num_timesteps} steps from {cfg.linear_start} to {cfg.linear_end}. "
-                             "Set num_timesteps/linear_start/linear_end in the config to match")
+            raise InvalidArgumentError(
+                f"{source} was trained with another noise schedule: its {name} differs from the linear "
+                f"schedule of {cfg.num_timesteps} steps from {cfg.linear_start} to {cfg.linear_end}. "
+                "Set num_timesteps/linear_start/linear_end in the config to match")
 
 
 def state_dict_to_compvis(model: LatentDiffusion) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class VQConfig:
@@ -105,7 +107,7 @@ class LDMConfig:
             unet = UNetConfig(**_tuples(d.pop("unet", {})))
             return cls(vq=vq, unet=unet, **d)
         except TypeError as err:
-            raise ValueError(f"not an ld3m_fast LDM config ({err})") from None
+            raise InvalidArgumentError(f"not an ld3m_fast LDM config ({err})") from None
 
     def replace(self, **changes) -> "LDMConfig":
         return dataclasses.replace(self, **changes)
@@ -118,30 +120,31 @@ def _tuples(d: dict) -> dict:
 def check_config(cfg: LDMConfig) -> None:
     """Reject configurations the modules cannot build, naming the field and the fix."""
     if cfg.image_channels < 1:
-        raise ValueError(f"image_channels={cfg.image_channels} must be at least 1 (1: grey, 3: RGB)")
+        raise InvalidArgumentError(f"image_channels={cfg.image_channels} must be at least 1 (1: grey, 3: RGB)")
     if cfg.image_size % cfg.vq.factor:
-        raise ValueError(f"image_size={cfg.image_size} is not divisible by the VQ factor {cfg.vq.factor} "
-                         f"(= 2 ** (len(vq.ch_mult) - 1)); choose another size or ch_mult")
+        raise InvalidArgumentError(f"image_size={cfg.image_size} is not divisible by the VQ factor {cfg.vq.factor} "
+                                   f"(= 2 ** (len(vq.ch_mult) - 1)); choose another size or ch_mult")
     if cfg.n_classes < 1 or cfg.context_dim < 1:
-        raise ValueError("n_classes and context_dim must be positive")
+        raise InvalidArgumentError("n_classes and context_dim must be positive")
     if not 0 < cfg.linear_start < cfg.linear_end < 1:
-        raise ValueError(f"need 0 < linear_start < linear_end < 1, got {cfg.linear_start}, {cfg.linear_end}")
+        raise InvalidArgumentError(f"need 0 < linear_start < linear_end < 1, got {cfg.linear_start}, {cfg.linear_end}")
     u, v = cfg.unet, cfg.vq
     if len(u.cross_attention) != len(u.block_channels):
-        raise ValueError(f"unet.cross_attention has {len(u.cross_attention)} entries but unet.block_channels has "
-                         f"{len(u.block_channels)}: give one flag per level")
+        raise InvalidArgumentError(
+            f"unet.cross_attention has {len(u.cross_attention)} entries but unet.block_channels has "
+            f"{len(u.block_channels)}: give one flag per level")
     if (u.num_heads is None) == (u.head_dim is None):
-        raise ValueError("set exactly one of unet.num_heads and unet.head_dim")
+        raise InvalidArgumentError("set exactly one of unet.num_heads and unet.head_dim")
     for ch in u.block_channels:
         if ch % u.norm_groups:
-            raise ValueError(f"UNet channels {ch} are not divisible by unet.norm_groups={u.norm_groups}")
+            raise InvalidArgumentError(f"UNet channels {ch} are not divisible by unet.norm_groups={u.norm_groups}")
         if u.head_dim is not None and ch % u.head_dim:
-            raise ValueError(f"UNet channels {ch} are not divisible by unet.head_dim={u.head_dim}")
+            raise InvalidArgumentError(f"UNet channels {ch} are not divisible by unet.head_dim={u.head_dim}")
     for ch in v.block_channels:
         if ch % v.norm_groups:
-            raise ValueError(f"VQ channels {ch} are not divisible by vq.norm_groups={v.norm_groups}")
+            raise InvalidArgumentError(f"VQ channels {ch} are not divisible by vq.norm_groups={v.norm_groups}")
     if min(v.num_res_blocks, u.layers_per_block, v.embed_dim, v.n_embed, u.transformer_depth) < 1:
-        raise ValueError("block counts, embed_dim and n_embed must be positive")
+        raise InvalidArgumentError("block counts, embed_dim and n_embed must be positive")
 
 
 CIN256_V2 = LDMConfig(name="cin256-v2")
@@ -177,5 +180,6 @@ def get_config(name_or_config) -> LDMConfig:
         return LDMConfig.from_dict(name_or_config)
     if isinstance(name_or_config, str) and name_or_config in NAMED_CONFIGS:
         return NAMED_CONFIGS[name_or_config]
-    raise ValueError(f"unknown model {name_or_config!r}: choose one of {sorted(NAMED_CONFIGS)}, pass an "
-                     "LDMConfig, or give the path of a saved model (ld3m_fast safetensors file or diffusers folder)")
+    raise InvalidArgumentError(
+        f"unknown model {name_or_config!r}: choose one of {sorted(NAMED_CONFIGS)}, pass an "
+        "LDMConfig, or give the path of a saved model (ld3m_fast safetensors file or diffusers folder)")

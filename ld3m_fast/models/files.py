@@ -16,6 +16,8 @@ import zipfile
 
 import torch
 
+from ..errors import DamagedFileError, InvalidArgumentError, MissingFileError
+
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -44,8 +46,8 @@ def _short(err: Exception) -> str:
     return text.split(". ")[0].rstrip(".")[:200]
 
 
-def _corrupt(path: str, err: Exception) -> ValueError:
-    return ValueError(f"cannot read {path!r}: the file is truncated or corrupt ({type(err).__name__}: {_short(err)}). "
+def _corrupt(path: str, err: Exception) -> DamagedFileError:
+    return DamagedFileError(f"cannot read {path!r}: the file is truncated or corrupt ({type(err).__name__}: {_short(err)}). "
                       "Download or save it again")
 
 
@@ -96,9 +98,10 @@ def _load_with_placeholders(path: str, first_error: Exception):
         with torch.serialization.safe_globals(stubs):
             out = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot load {path!r} with weights_only=True: it pickles objects of {names} that cannot be "
-                         f"read as inert data ({_short(err)}). Re-save its state_dict in a trusted environment: "
-                         "torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')") from None
+        raise DamagedFileError(
+            f"cannot load {path!r} with weights_only=True: it pickles objects of {names} that cannot be "
+            f"read as inert data ({_short(err)}). Re-save its state_dict in a trusted environment: "
+            "torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')") from None
     warnings.warn(f"ld3m_fast: {os.path.basename(path)} also pickles {', '.join(names)}; loaded as inert "
                   "placeholders (no code ran) and ignored", RuntimeWarning, stacklevel=4)
     return out
@@ -111,22 +114,22 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise MissingFileError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a folder; pass the checkpoint file (e.g. model.ckpt)")
+        raise InvalidArgumentError(f"checkpoint {path!r} is a folder; pass the checkpoint file (e.g. model.ckpt)")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"cannot read {path!r}: the file is empty")
+        raise InvalidArgumentError(f"cannot read {path!r}: the file is empty")
     if is_safetensors(path):
         return read_safetensors(path)[0]
     obj = _torch_load(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict of named tensors "
-                         "(nor a Lightning checkpoint with a 'state_dict')")
+        raise InvalidArgumentError(f"{path!r} holds a {type(obj).__name__}, not a state dict of named tensors "
+                                   "(nor a Lightning checkpoint with a 'state_dict')")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"{path!r} holds no tensors (top-level keys: {sorted(obj)[:10]})")
+        raise InvalidArgumentError(f"{path!r} holds no tensors (top-level keys: {sorted(obj)[:10]})")
     return tensors
 
 

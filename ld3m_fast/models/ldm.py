@@ -14,6 +14,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from .config import LDMConfig, UNetConfig, get_config
 from .dependency import require_diffusers
 from .parts import ClassEmbedder
@@ -77,9 +78,10 @@ class DiffusionWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c_concat=None, c_crossattn=None) -> torch.Tensor:
         if c_concat is not None:
-            raise ValueError("this model is conditioned through cross-attention only; pass c_crossattn")
+            raise InvalidArgumentError("this model is conditioned through cross-attention only; pass c_crossattn")
         if c_crossattn is None or any(c is None for c in c_crossattn):
-            raise TypeError("apply_model needs the class contexts (B, 1, D): model.get_learned_conditioning(labels)")
+            raise InvalidTypeError(
+                "apply_model needs the class contexts (B, 1, D): model.get_learned_conditioning(labels)")
         context = torch.cat(list(c_crossattn), 1)
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:

@@ -10,6 +10,7 @@ import os
 import torch
 
 from ..devices import resolve_device
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from .compvis import compvis_to_state_dict
 from .config import NAMED_CONFIGS, LDMConfig, get_config
 from .files import is_safetensors, read_checkpoint, read_safetensors
@@ -27,8 +28,8 @@ def _dtype(dtype) -> torch.dtype:
         return _DTYPES[dtype]
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return dtype
-    raise ValueError(f"dtype={dtype!r} is not a floating-point dtype: use torch.float32, torch.float64, "
-                     "torch.bfloat16 or torch.float16")
+    raise InvalidArgumentError(f"dtype={dtype!r} is not a floating-point dtype: use torch.float32, torch.float64, "
+                               "torch.bfloat16 or torch.float16")
 
 
 def model_from_state_dict(cfg: LDMConfig, state_dict: dict, source: str) -> LatentDiffusion:
@@ -44,7 +45,7 @@ def model_from_state_dict(cfg: LDMConfig, state_dict: dict, source: str) -> Late
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
             if items:
                 msg.append(f"{label}: {', '.join(items[:12])}" + (f", ... ({len(items)} in all)" if len(items) > 12 else ""))
-        raise ValueError("\n".join(msg))
+        raise InvalidArgumentError("\n".join(msg))
     model.load_state_dict(state_dict, strict=True, assign=True)
     for name, value in schedule_tensors(cfg).items():  # non-persistent buffers (still on meta): rebuilt, not loaded
         setattr(model, name, value)
@@ -64,7 +65,7 @@ def shipped_path(name: str) -> str:
 
     path = str(resources.files("ld3m_fast").joinpath(SHIPPED[name]))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the shipped model {name!r} ({path}) is missing: reinstall ld3m_fast, or make it with "
+        raise MissingFileError(f"the shipped model {name!r} ({path}) is missing: reinstall ld3m_fast, or make it with "
                                 "`ld3m-fast train-prior` (README, 'The shipped prior')")
     return path
 
@@ -103,11 +104,13 @@ def load_ldm(name_or_path, checkpoint=None, device=None, dtype=None, *, freeze: 
     elif isinstance(name_or_path, (str, os.PathLike)):
         path = os.fspath(name_or_path)
         if checkpoint is not None:
-            raise ValueError("checkpoint= goes with an architecture name or LDMConfig (e.g. load_ldm('cin256-v2', "
-                             f"checkpoint=...)); {path!r} is already a path to load")
+            raise InvalidArgumentError(
+                "checkpoint= goes with an architecture name or LDMConfig (e.g. load_ldm('cin256-v2', "
+                f"checkpoint=...)); {path!r} is already a path to load")
         model = _load_path(path)
     else:
-        raise TypeError(f"name_or_path must be a model name, an LDMConfig or a path, not {type(name_or_path).__name__}")
+        raise InvalidTypeError(
+            f"name_or_path must be a model name, an LDMConfig or a path, not {type(name_or_path).__name__}")
     model = model.to(device=device, dtype=dtype)
     if freeze:
         model.requires_grad_(False).eval()
@@ -118,9 +121,10 @@ def _load_path(path: str) -> LatentDiffusion:
     if not os.path.exists(path):
         looks_like_path = os.sep in path or "." in os.path.basename(path)
         if looks_like_path:
-            raise FileNotFoundError(f"{path!r} does not exist (load_ldm reads local files only; it never downloads)")
-        raise ValueError(f"unknown model name {path!r}: choose one of {sorted(NAMED_CONFIGS) + sorted(SHIPPED)}, "
-                         "or give a local path (load_ldm never downloads)")
+            raise MissingFileError(f"{path!r} does not exist (load_ldm reads local files only; it never downloads)")
+        raise InvalidArgumentError(
+            f"unknown model name {path!r}: choose one of {sorted(NAMED_CONFIGS) + sorted(SHIPPED)}, "
+            "or give a local path (load_ldm never downloads)")
     if os.path.isdir(path):
         cfg, sd = read_diffusers_folder(path)
         return model_from_state_dict(cfg, sd, repr(path))

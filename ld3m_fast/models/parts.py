@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidTypeError
+
 
 class ClassEmbedder(nn.Module):
     """CompVis ``ClassEmbedder``: labels → ``(B, 1, D)`` contexts; ``n_classes + 1`` rows, the last unconditional."""
@@ -20,7 +22,7 @@ class ClassEmbedder(nn.Module):
         labels = batch[key or self.key] if isinstance(batch, dict) else batch
         labels = torch.as_tensor(labels, device=self.embedding.weight.device)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"class labels must be integers, got {labels.dtype}")
+            raise InvalidTypeError(f"class labels must be integers, got {labels.dtype}")
         return self.embedding(labels.long().reshape(-1))[:, None]
 
 

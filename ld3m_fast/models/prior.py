@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_atomic
 from ..devices import resolve_device
+from ..errors import InvalidArgumentError, InvalidTypeError
 from ..nets.training import exponential_moving_average
 from ..seeding import derive_seed, generator
 
@@ -36,7 +37,8 @@ def _as_dataset(data):
     if isinstance(data, str):
         data = load_dataset(data)
     if not isinstance(data, ImageDataset):
-        raise TypeError(f"train_prior needs an ld3m_fast.data.ImageDataset or a dataset name, got {type(data).__name__}")
+        raise InvalidTypeError(
+            f"train_prior needs an ld3m_fast.data.ImageDataset or a dataset name, got {type(data).__name__}")
     return data
 
 
@@ -95,9 +97,9 @@ def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epoch
 
     for name, v in (("vq_epochs", vq_epochs), ("unet_epochs", unet_epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}={v!r} must be a positive int")
+            raise InvalidArgumentError(f"{name}={v!r} must be a positive int")
     if not 0 <= class_dropout < 1:
-        raise ValueError(f"class_dropout={class_dropout} must lie in [0, 1)")
+        raise InvalidArgumentError(f"class_dropout={class_dropout} must lie in [0, 1)")
     data = _as_dataset(dataset)
     device = resolve_device(device)
     cfg = get_config(config).replace(image_channels=data.channels, image_size=data.resolution,
@@ -108,7 +110,7 @@ def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epoch
     state_path = Path(checkpoint_dir) / "prior_state.pt" if checkpoint_dir is not None else None
     state = torch.load(state_path, weights_only=True) if state_path is not None and state_path.exists() else None
     if state is not None and state["config"] != repr(cfg.to_dict()):
-        raise ValueError(f"{state_path} belongs to another prior configuration; use another checkpoint_dir")
+        raise InvalidArgumentError(f"{state_path} belongs to another prior configuration; use another checkpoint_dir")
 
     images, labels = data.images, data.labels
     n = len(labels)
@@ -126,8 +128,9 @@ def train_prior(dataset, out, config="small", *, vq_epochs: int = 10, unet_epoch
         ema.load_state_dict(state["ema"])
         done_vq, done_unet, history = state["done_vq"], state["done_unet"], list(state["history"])
         if done_unet and done_vq < vq_epochs:
-            raise ValueError(f"{state_path} finished the autoencoder after {done_vq} epochs and has trained the UNet "
-                             f"on it; vq_epochs={vq_epochs} cannot be reached any more: use another checkpoint_dir")
+            raise InvalidArgumentError(
+                f"{state_path} finished the autoencoder after {done_vq} epochs and has trained the UNet "
+                f"on it; vq_epochs={vq_epochs} cannot be reached any more: use another checkpoint_dir")
 
     def checkpoint():
         if state_path is None:

@@ -24,9 +24,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from .attention import AttentionProcessor
 from .dependency import require_diffusers
-from .fused_norm import GroupNormSiLU, fallback_message, group_norm_silu, kernel_unsupported_reason, warn_once
+from .fused_norm import (
+    GroupNormSiLU,
+    fallback_message,
+    group_norm_silu,
+    kernel_unsupported_reason,
+    warn_once,
+)
 from .ldm import LatentDiffusion
 
 require_diffusers()
@@ -120,10 +127,10 @@ def optimize(model: LatentDiffusion, *, bf16: bool | None = None, fused_groupnor
     The chosen settings are in ``model.optimizations``.
     """
     if not isinstance(model, LatentDiffusion):
-        raise TypeError(f"optimize expects an ld3m_fast LatentDiffusion (from load_ldm/build_ldm), "
-                        f"not {type(model).__name__}")
+        raise InvalidTypeError(f"optimize expects an ld3m_fast LatentDiffusion (from load_ldm/build_ldm), "
+                               f"not {type(model).__name__}")
     if attention not in ATTENTION:
-        raise ValueError(f"attention={attention!r}: choose one of {ATTENTION}")
+        raise InvalidArgumentError(f"attention={attention!r}: choose one of {ATTENTION}")
     device = model.device
     on_cuda = device.type == "cuda"
 

@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from .compvis import save_compvis_checkpoint
 from .config import LDMConfig, UNetConfig, VQConfig
 from .files import read_checkpoint, read_safetensors, write_safetensors
@@ -31,13 +32,13 @@ _PARTS = {"unet": "model.diffusion_model.", "vqvae": "first_stage_model.", "clas
 def save_ldm(model: LatentDiffusion, path, format: str = "ld3m") -> None:
     """Save ``model``: ``format="ld3m"`` (one safetensors file), ``"diffusers"`` (a folder) or ``"compvis"``."""
     if not isinstance(model, LatentDiffusion):
-        raise TypeError(f"save_ldm saves ld3m_fast LatentDiffusion models (from load_ldm/build_ldm), "
-                        f"not {type(model).__name__}")
+        raise InvalidTypeError(f"save_ldm saves ld3m_fast LatentDiffusion models (from load_ldm/build_ldm), "
+                               f"not {type(model).__name__}")
     path = os.fspath(path)
     if format == "ld3m":
         if os.path.isdir(path):
-            raise ValueError(f"{path!r} is a folder; give a file name such as model.safetensors "
-                             "(or format='diffusers' to write a folder)")
+            raise InvalidArgumentError(f"{path!r} is a folder; give a file name such as model.safetensors "
+                                       "(or format='diffusers' to write a folder)")
         write_safetensors(model.state_dict(), path, {"format": FORMAT_TAG, "format_version": FORMAT_VERSION,
                                                      "config": json.dumps(model.config.to_dict())})
     elif format == "diffusers":
@@ -45,7 +46,7 @@ def save_ldm(model: LatentDiffusion, path, format: str = "ld3m") -> None:
     elif format == "compvis":
         save_compvis_checkpoint(model, path)
     else:
-        raise ValueError(f"format={format!r}: choose 'ld3m', 'diffusers' or 'compvis'")
+        raise InvalidArgumentError(f"format={format!r}: choose 'ld3m', 'diffusers' or 'compvis'")
 
 
 def is_own_file(metadata: dict) -> bool:
@@ -55,14 +56,15 @@ def is_own_file(metadata: dict) -> bool:
 def own_config(metadata: dict, path: str) -> LDMConfig:
     """The ``LDMConfig`` stored in the header of a file written by ``save_ldm(..., format="ld3m")``."""
     if not is_own_file(metadata):
-        raise ValueError(f"{path!r} is a safetensors file but not one written by ld3m_fast.save_ldm")
+        raise InvalidArgumentError(f"{path!r} is a safetensors file but not one written by ld3m_fast.save_ldm")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path!r} has format version {metadata.get('format_version')!r}; this ld3m_fast reads "
-                         f"version {FORMAT_VERSION}: upgrade ld3m_fast")
+        raise InvalidArgumentError(
+            f"{path!r} has format version {metadata.get('format_version')!r}; this ld3m_fast reads "
+            f"version {FORMAT_VERSION}: upgrade ld3m_fast")
     try:
         return LDMConfig.from_dict(json.loads(metadata["config"]))
     except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path!r}: its config header is damaged ({err})") from None
+        raise InvalidArgumentError(f"{path!r}: its config header is damaged ({err})") from None
 
 
 def read_own(path: str) -> tuple[LDMConfig, dict[str, torch.Tensor]]:
@@ -125,10 +127,10 @@ def _read_json(path: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path!r} is missing: a diffusers-format LDM folder needs unet/, vqvae/, "
+        raise MissingFileError(f"{path!r} is missing: a diffusers-format LDM folder needs unet/, vqvae/, "
                                 "scheduler/ and class_embedder/ with their config files") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path!r} is not valid JSON ({err})") from None
+        raise InvalidArgumentError(f"{path!r} is not valid JSON ({err})") from None
 
 
 def _part_weights(folder: str, part: str) -> dict[str, torch.Tensor]:
@@ -138,7 +140,7 @@ def _part_weights(folder: str, part: str) -> dict[str, torch.Tensor]:
         if os.path.exists(p):
             return read_safetensors(p)[0] if name.endswith(".safetensors") else read_checkpoint(p)
     listing = sorted(os.listdir(d)) if os.path.isdir(d) else "no such folder"
-    raise FileNotFoundError(f"no weights in {d!r} (looked for {WEIGHTS}; found: {listing})")
+    raise MissingFileError(f"no weights in {d!r} (looked for {WEIGHTS}; found: {listing})")
 
 
 def _unet_config(c: dict, hint: dict) -> UNetConfig:
@@ -146,7 +148,8 @@ def _unet_config(c: dict, hint: dict) -> UNetConfig:
     down = tuple(c["down_block_types"])
     allowed = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
     if any(b not in allowed for b in down):
-        raise ValueError(f"unet down_block_types={list(down)}: ld3m_fast builds DownBlock2D/CrossAttnDownBlock2D only")
+        raise InvalidArgumentError(
+            f"unet down_block_types={list(down)}: ld3m_fast builds DownBlock2D/CrossAttnDownBlock2D only")
     heads = c.get("attention_head_dim") or 8
     heads = [heads] * len(blocks) if isinstance(heads, int) else list(heads)
     used = [h for h, a in zip(heads, [allowed[b] for b in down]) if a] + [heads[-1]]
@@ -160,11 +163,12 @@ def _unet_config(c: dict, hint: dict) -> UNetConfig:
     elif fixed_size:
         num_heads, head_dim = None, chans[0] // used[0]
     else:
-        raise ValueError(f"unet attention heads {heads} are neither a fixed count nor a fixed head size")
+        raise InvalidArgumentError(f"unet attention heads {heads} are neither a fixed count nor a fixed head size")
     depth = c.get("transformer_layers_per_block", 1)
     if not isinstance(depth, int):
         if len(set(depth)) != 1:
-            raise ValueError(f"unet transformer_layers_per_block={depth}: one depth for all levels is supported")
+            raise InvalidArgumentError(
+                f"unet transformer_layers_per_block={depth}: one depth for all levels is supported")
         depth = depth[0]
     return UNetConfig(block_channels=blocks, layers_per_block=c["layers_per_block"],
                       cross_attention=tuple(allowed[b] for b in down), num_heads=num_heads, head_dim=head_dim,
@@ -174,13 +178,14 @@ def _unet_config(c: dict, hint: dict) -> UNetConfig:
 def _vq_config(c: dict) -> VQConfig:
     blocks = list(c["block_out_channels"])
     if any(b % blocks[0] for b in blocks):
-        raise ValueError(f"vqvae block_out_channels={blocks} are not multiples of the first (CompVis ch_mult)")
+        raise InvalidArgumentError(
+            f"vqvae block_out_channels={blocks} are not multiples of the first (CompVis ch_mult)")
     for key, want in (("norm_type", "group"), ("act_fn", "silu"), ("mid_block_add_attention", True)):
         if c.get(key, want) != want:
-            raise ValueError(f"vqvae {key}={c[key]!r} is not supported (need {want!r})")
+            raise InvalidArgumentError(f"vqvae {key}={c[key]!r} is not supported (need {want!r})")
     if any(b != "DownEncoderBlock2D" for b in c["down_block_types"]) or any(
             b != "UpDecoderBlock2D" for b in c["up_block_types"]):
-        raise ValueError("vqvae blocks must be DownEncoderBlock2D/UpDecoderBlock2D (no per-level attention)")
+        raise InvalidArgumentError("vqvae blocks must be DownEncoderBlock2D/UpDecoderBlock2D (no per-level attention)")
     latent = c.get("latent_channels", 3)
     embed_dim = c.get("vq_embed_dim") or latent
     return VQConfig(channels=blocks[0], ch_mult=tuple(b // blocks[0] for b in blocks),
@@ -199,9 +204,10 @@ def read_diffusers_folder(folder: str) -> tuple[LDMConfig, dict[str, torch.Tenso
         os.path.join(folder, "model_index.json")) else {}
     extra = index.get("ld3m_fast", {})
     if sched_c.get("beta_schedule") != "scaled_linear" or sched_c.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(f"{folder!r}: scheduler beta_schedule={sched_c.get('beta_schedule')!r}, prediction_type="
-                         f"{sched_c.get('prediction_type')!r}; ld3m_fast needs CompVis's linear schedule "
-                         "('scaled_linear') and noise prediction ('epsilon')")
+        raise InvalidArgumentError(
+            f"{folder!r}: scheduler beta_schedule={sched_c.get('beta_schedule')!r}, prediction_type="
+            f"{sched_c.get('prediction_type')!r}; ld3m_fast needs CompVis's linear schedule "
+            "('scaled_linear') and noise prediction ('epsilon')")
     vq = _vq_config(vq_c)
     image_size = extra.get("image_size") or unet_c.get("sample_size", 32) * vq.factor
     cfg = LDMConfig(image_channels=vq_c.get("in_channels", 3), image_size=image_size,
@@ -229,4 +235,5 @@ def _check_unet_config(theirs: dict, cfg: LDMConfig, folder: str) -> None:
         mine = ours[key]
         norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
         if norm(value) != norm(mine):
-            raise ValueError(f"{folder!r}: unet {key}={value!r} is not supported by ld3m_fast (it builds {mine!r})")
+            raise InvalidArgumentError(
+                f"{folder!r}: unet {key}={value!r} is not supported by ld3m_fast (it builds {mine!r})")

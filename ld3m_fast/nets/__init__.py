@@ -16,6 +16,7 @@ import re
 import torch
 import torch.nn as nn
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from .alexnet import AlexNet
 from .common import NORMS, canonical_norm
 from .convnet import ConvNet, default_depth
@@ -38,9 +39,9 @@ _SUFFIXES = {
 }
 
 
-def _unknown(name) -> ValueError:
-    return ValueError(f"unknown network {name!r}; use one of {NETWORKS} (case-insensitive; ConvNet also as "
-                      f"ConvNetD<depth>, ConvNetW<width>, ConvNetBN/IN/LN/GN/NN, and VGG11BN, ResNet18BN)")
+def _unknown(name) -> InvalidArgumentError:
+    return InvalidArgumentError(f"unknown network {name!r}; use one of {NETWORKS} (case-insensitive; ConvNet also as "
+                                f"ConvNetD<depth>, ConvNetW<width>, ConvNetBN/IN/LN/GN/NN, and VGG11BN, ResNet18BN)")
 
 
 def parse_network_name(name: str) -> tuple[str, dict]:
@@ -50,7 +51,7 @@ def parse_network_name(name: str) -> tuple[str, dict]:
     ('ConvNet', {'depth': 5, 'norm': 'batchnorm'})
     """
     if not isinstance(name, str):
-        raise TypeError(f"network name must be a str, got {type(name).__name__}")
+        raise InvalidTypeError(f"network name must be a str, got {type(name).__name__}")
     low = name.strip().lower()
     base = next((b for b in sorted(_BASES, key=len, reverse=True) if low.startswith(b)), None)
     if base is None:
@@ -75,7 +76,7 @@ def parse_network_name(name: str) -> tuple[str, dict]:
             elif tok in _POOL_SUFFIX:
                 key, value = "pooling", _POOL_SUFFIX[tok]
             if key in options and options[key] != value:
-                raise ValueError(f"network name {name!r} sets {key} twice ({options[key]!r} and {value!r})")
+                raise InvalidArgumentError(f"network name {name!r} sets {key} twice ({options[key]!r} and {value!r})")
             options[key] = value
     return family, options
 
@@ -113,14 +114,14 @@ def get_network(name: str, channels: int, num_classes: int, image_size, *, width
     family, options = parse_network_name(name)
     for arg, value in (("channels", channels), ("num_classes", num_classes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+            raise InvalidArgumentError(f"{arg} must be a positive int, got {value!r}")
     norm = canonical_norm(norm)
     explicit = {"width": (width, 128), "depth": (depth, None), "norm": (norm, "instancenorm")}
     for key, value in options.items():
         given, default = explicit.get(key, (kwargs.get(key), None))
         if given != default and given != value:
-            raise ValueError(f"network name {name!r} sets {key}={value!r} but {key}={given!r} was passed; "
-                             f"pass only one of them")
+            raise InvalidArgumentError(f"network name {name!r} sets {key}={value!r} but {key}={given!r} was passed; "
+                                       f"pass only one of them")
     settings = {"width": width, "depth": depth, "norm": norm}
     settings.update({k: v for k, v in options.items() if k in settings})
     kwargs.update({k: v for k, v in options.items() if k not in settings})
@@ -131,16 +132,19 @@ def get_network(name: str, channels: int, num_classes: int, image_size, *, width
         if family == "ViT":
             kwargs["depth"] = settings["depth"]
         elif settings["depth"] is not None:
-            raise ValueError(f"{family} has a fixed depth; depth={settings['depth']!r} applies to ConvNet and ViT "
-                             f"only (use e.g. 'ConvNetD{settings['depth']}')")
+            raise InvalidArgumentError(
+                f"{family} has a fixed depth; depth={settings['depth']!r} applies to ConvNet and ViT "
+                f"only (use e.g. 'ConvNetD{settings['depth']}')")
         if family in ("VGG11", "ResNet18"):
             if settings["norm"] == "layernorm":
-                raise ValueError(f"{family} supports norm in ('instancenorm', 'batchnorm', 'groupnorm', 'none'), "
-                                 f"not 'layernorm'")
+                raise InvalidArgumentError(
+                    f"{family} supports norm in ('instancenorm', 'batchnorm', 'groupnorm', 'none'), "
+                    f"not 'layernorm'")
             kwargs["norm"] = settings["norm"]
         elif settings["norm"] not in ("instancenorm", "none"):
-            raise ValueError(f"{family} has no normalisation layers (as in the DC/GLaD code); leave norm at its "
-                             f"default, got norm={settings['norm']!r}")
+            raise InvalidArgumentError(
+                f"{family} has no normalisation layers (as in the DC/GLaD code); leave norm at its "
+                f"default, got norm={settings['norm']!r}")
     cls = _CLASSES[family]
     try:
         if seed is None:
@@ -150,7 +154,7 @@ def get_network(name: str, channels: int, num_classes: int, image_size, *, width
             return cls(channels, num_classes, image_size, **kwargs)
     except TypeError as e:
         if "unexpected keyword" in str(e):
-            raise TypeError(f"{family}: {e}; see ld3m_fast.nets.{cls.__name__} for its settings") from None
+            raise InvalidTypeError(f"{family}: {e}; see ld3m_fast.nets.{cls.__name__} for its settings") from None
         raise
 
 

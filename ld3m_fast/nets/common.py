@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..errors import InvalidArgumentError, InvalidTypeError
+
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 _NORM_ALIASES = {
     "instancenorm": "instancenorm", "instance": "instancenorm", "in": "instancenorm",
@@ -18,7 +20,7 @@ def canonical_norm(norm: str | None) -> str:
     if norm is None:
         return "none"
     if not isinstance(norm, str) or norm.lower() not in _NORM_ALIASES:
-        raise ValueError(f"norm={norm!r} is unknown; use one of {NORMS}")
+        raise InvalidArgumentError(f"norm={norm!r} is unknown; use one of {NORMS}")
     return _NORM_ALIASES[norm.lower()]
 
 
@@ -29,9 +31,9 @@ def as_hw(image_size) -> tuple[int, int]:
     elif isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(isinstance(s, int) for s in image_size):
         hw = (int(image_size[0]), int(image_size[1]))
     else:
-        raise TypeError(f"image_size must be an int or a pair (height, width), got {image_size!r}")
+        raise InvalidTypeError(f"image_size must be an int or a pair (height, width), got {image_size!r}")
     if min(hw) < 8:
-        raise ValueError(f"image_size={image_size!r} is too small; the networks need at least 8x8 pixels")
+        raise InvalidArgumentError(f"image_size={image_size!r} is too small; the networks need at least 8x8 pixels")
     return hw
 
 
@@ -58,12 +60,13 @@ def norm_layer(norm: str, channels: int, shape: tuple[int, int] | None = None) -
         return nn.GroupNorm(4 if channels % 4 == 0 else 1, channels, affine=True)
     if norm == "layernorm":
         if shape is None:
-            raise ValueError("norm='layernorm' is only available for ConvNet; use instancenorm, batchnorm, groupnorm "
-                             "or none for this network")
+            raise InvalidArgumentError(
+                "norm='layernorm' is only available for ConvNet; use instancenorm, batchnorm, groupnorm "
+                "or none for this network")
         return nn.LayerNorm([channels, shape[0], shape[1]], elementwise_affine=True)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm={norm!r} is unknown; use one of {NORMS}")
+    raise InvalidArgumentError(f"norm={norm!r} is unknown; use one of {NORMS}")
 
 
 def scaled(channels: int, width: int | None, reference: int = 128) -> int:

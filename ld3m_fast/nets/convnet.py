@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InvalidArgumentError
 from .common import as_hw, canonical_norm, norm_layer, pad_to_32
 
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
@@ -51,13 +52,13 @@ class ConvNet(nn.Module):
         depth = default_depth(hw) if depth is None else depth
         norm = canonical_norm(norm)
         if act not in ACTIVATIONS:
-            raise ValueError(f"act={act!r} is unknown; use one of {ACTIVATIONS}")
+            raise InvalidArgumentError(f"act={act!r} is unknown; use one of {ACTIVATIONS}")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is unknown; use one of {POOLINGS}")
+            raise InvalidArgumentError(f"pooling={pooling!r} is unknown; use one of {POOLINGS}")
         if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive int, got {depth!r}")
+            raise InvalidArgumentError(f"depth must be a positive int, got {depth!r}")
         if not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int, got {width!r}")
+            raise InvalidArgumentError(f"width must be a positive int, got {width!r}")
         extra = pad_to_32(hw)
         h, w = hw[0] + 2 * extra, hw[1] + 2 * extra
         layers, c_in = [], channels
@@ -68,8 +69,8 @@ class ConvNet(nn.Module):
             c_in = width
             if pooling != "none":
                 if min(h, w) < 2:
-                    raise ValueError(f"depth={depth} pools a {hw[0]}x{hw[1]} image below 1 pixel; "
-                                     f"use depth <= {default_depth(hw)} for this image size")
+                    raise InvalidArgumentError(f"depth={depth} pools a {hw[0]}x{hw[1]} image below 1 pixel; "
+                                               f"use depth <= {default_depth(hw)} for this image size")
                 layers.append(nn.AvgPool2d(2, 2) if pooling == "avgpooling" else nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)

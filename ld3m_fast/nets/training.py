@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
-from ..augment import DSA_STRATEGY, DSAParams, dsa as apply_dsa, parse_strategy
+from ..augment import DSA_STRATEGY, DSAParams, parse_strategy
+from ..augment import dsa as apply_dsa
 from ..data.pairs import check_images_labels
 from ..devices import resolve_device
-from ..normalization import check_normalization, normalize as normalize_images, to_unit
+from ..errors import InvalidArgumentError
+from ..normalization import check_normalization, to_unit
+from ..normalization import normalize as normalize_images
 
 SCHEDULES = ("glad", "dc", "constant")
 
@@ -66,7 +69,7 @@ def exponential_moving_average(module: nn.Module, decay: float, warmup: bool = T
     With ``use_buffers``, floating-point buffers are averaged too and integer ones copied.
     """
     if not 0.0 <= decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {decay!r}")
+        raise InvalidArgumentError(f"ema_decay must be in [0, 1), got {decay!r}")
 
     def average(avg: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
         if not avg.is_floating_point():
@@ -84,7 +87,8 @@ def _normalizer(normalize, channels: int):
     try:
         mean, std = normalize
     except (TypeError, ValueError):
-        raise ValueError(f"normalize must be (mean, std) with one value or one per channel, got {normalize!r}") from None
+        raise InvalidArgumentError(
+            f"normalize must be (mean, std) with one value or one per channel, got {normalize!r}") from None
     mean, std = check_normalization(mean, std, channels)
     return lambda x: normalize_images(x, mean, std)
 
@@ -108,18 +112,18 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     """
     from tqdm.auto import tqdm
 
-    check_images_labels(images, labels)
+    check_images_labels(images, labels, unit_range=False)  # distilled pixels may leave [0, 1]
     images, labels = images.detach(), labels.detach()
     if dsa:
         parse_strategy(dsa_strategy)  # an unknown operation fails here, not in the first batch
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is unknown; use one of {SCHEDULES}")
+        raise InvalidArgumentError(f"schedule={schedule!r} is unknown; use one of {SCHEDULES}")
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        raise InvalidArgumentError(f"epochs must be a positive int, got {epochs!r}")
     if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise InvalidArgumentError(f"lr must be positive, got {lr!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     device = resolve_device(device)
     net = net.to(device)
     dtype = next(iter(net.parameters())).dtype

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InvalidArgumentError
 from .common import as_hw, canonical_norm, norm_layer, pad_to_32, scaled
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -34,7 +35,7 @@ class VGG11(nn.Module):
         self.imagenet_head = min(hw) > 32
         self.feature_dim = c_in * (49 if self.imagenet_head else ((hw[0] + 2 * extra) // 32) * ((hw[1] + 2 * extra) // 32))
         if self.feature_dim == 0:
-            raise ValueError(f"VGG11 needs images of at least 32x32 pixels (or 28x28), got {hw}")
+            raise InvalidArgumentError(f"VGG11 needs images of at least 32x32 pixels (or 28x28), got {hw}")
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

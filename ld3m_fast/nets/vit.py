@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import InvalidArgumentError
 from .common import as_hw, scaled
 
 
@@ -59,10 +60,10 @@ class ViT(nn.Module):
         mlp_dim = scaled(512, width) if mlp_dim is None else mlp_dim
         dim_head = scaled(64, width) if dim_head is None else dim_head
         if hw[0] % patch_size or hw[1] % patch_size:
-            raise ValueError(f"ViT: image size {hw} is not divisible by patch_size={patch_size}; "
-                             f"pass a patch_size that divides it")
+            raise InvalidArgumentError(f"ViT: image size {hw} is not divisible by patch_size={patch_size}; "
+                                       f"pass a patch_size that divides it")
         if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"ViT depth must be a positive int, got {depth!r}")
+            raise InvalidArgumentError(f"ViT depth must be a positive int, got {depth!r}")
         self.patch_size = patch_size
         num_patches = (hw[0] // patch_size) * (hw[1] // patch_size)
         self.patch_embed = nn.Linear(channels * patch_size * patch_size, dim)

@@ -11,11 +11,9 @@ def data():
     return toy_data()
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return CompVisStyleLDM(seed=3)
-
 
 
 @pytest.fixture(scope="module")

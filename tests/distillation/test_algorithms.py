@@ -4,7 +4,7 @@ import torch
 
 from ld3m_fast.distillation import distill
 from ld3m_fast.distillation.run import prepare
-from tests.helpers.toy import CLASSES, KNOBS, SMALL
+from tests.helpers.toy import CLASSES, KNOBS, LATENT, small
 
 
 def probe_loss(run, its=(1000, 1001, 1002)) -> float:
@@ -20,7 +20,7 @@ def test_each_algorithm_lowers_its_loss_and_moves_the_set(data, model, experts, 
     m = model if space == "latent" else None
     extra = dict(experts=experts, expert_epochs=1, max_start_epoch=2, syn_steps=4) if algorithm == "mtt" else {}
     lr = {"dm": 2.0, "dc": 1.0, "mtt": 30.0}[algorithm]
-    run = prepare(data, m, ipc=1, algorithm=algorithm, seed=5, lr=lr, init="noise", **KNOBS, **extra)
+    run = prepare(data, m, ipc=1, algorithm=algorithm, seed=5, lr=lr, init="noise", **KNOBS, **(LATENT if m is not None else {}), **extra)
     before_params = [p.detach().clone() for p in run.synthetic.parameters()]
     before = probe_loss(run)
     for it in range(12):
@@ -31,17 +31,15 @@ def test_each_algorithm_lowers_its_loss_and_moves_the_set(data, model, experts, 
         assert not torch.equal(old, new.detach())  # Z and c (or the pixels) all moved
 
 
-
 def test_fixed_seed_is_deterministic(data, model):
-    a = distill(data, model, ipc=1, iterations=2, seed=4, **SMALL)
-    b = distill(data, model, ipc=1, iterations=2, seed=4, **SMALL)
-    c = distill(data, model, ipc=1, iterations=2, seed=5, **SMALL)
+    a = distill(data, model, ipc=1, iterations=2, seed=4, **small(model))
+    b = distill(data, model, ipc=1, iterations=2, seed=4, **small(model))
+    c = distill(data, model, ipc=1, iterations=2, seed=5, **small(model))
     assert torch.equal(a.Z, b.Z) and torch.equal(a.images, b.images) and not torch.equal(a.Z, c.Z)
 
 
-
 def test_latent_init_encodes_real_images_and_embeds_classes(data, model):
-    run = prepare(data, model, ipc=1, **KNOBS)
+    run = prepare(data, model, ipc=1, **KNOBS, **LATENT)
     Z, c = run.synthetic.Z, run.synthetic.c
     labels = torch.arange(CLASSES)
     assert torch.equal(c.detach(), model.get_learned_conditioning(labels))

@@ -1,20 +1,21 @@
-"""Checkpoints: a killed run resumes bit-identically, Ctrl-C saves, other settings are refused."""
+"""Checkpoints: a killed run resumes bit-identically; other settings, models, data or buffers are refused."""
 import pytest
 import torch
 
 from ld3m_fast.distillation import distill
-from tests.helpers.toy import CLASSES, SMALL
+from ld3m_fast.errors import DamagedFileError, IncompatibleRunError, InvalidArgumentError
+from tests.helpers.compvis_style import CompVisStyleLDM
+from tests.helpers.toy import CLASSES, SMALL, small
 
 
 class Stop(BaseException):
     """Stands for the process being killed (not caught by distill's Ctrl-C handler)."""
 
 
-
 @pytest.mark.parametrize("algorithm, space", [("dm", "latent"), ("dc", "pixel"), ("mtt", "latent")])
 def test_resume_after_a_kill_is_bit_identical(data, model, experts, tmp_path, monkeypatch, algorithm, space):
     m = model if space == "latent" else None
-    kw = dict(SMALL, algorithm=algorithm, ipc=1, iterations=5, checkpoint_every=2, seed=2)
+    kw = dict(small(m), algorithm=algorithm, ipc=1, iterations=5, checkpoint_every=2, seed=2)
     if algorithm == "mtt":
         kw.update(experts=experts, expert_epochs=1, max_start_epoch=2, syn_steps=3)
     reference = distill(data, m, **kw)
@@ -44,30 +45,50 @@ def test_resume_after_a_kill_is_bit_identical(data, model, experts, tmp_path, mo
         assert (a is None and b is None) or torch.equal(a, b), name
 
 
-
-def test_ctrl_c_saves_the_last_completed_iteration(data, tmp_path, monkeypatch):
-    from ld3m_fast.distillation import run as run_module
-    from ld3m_fast.distillation.checkpoint import load_checkpoint
-    original = run_module.prepare
-
-    def interrupted(*args, **kwargs):
-        prepared = original(*args, **kwargs)
-        step = prepared.algorithm.iteration
-        prepared.algorithm.iteration = lambda it: (_ for _ in ()).throw(KeyboardInterrupt()) if it == 3 else step(it)
-        return prepared
-
-    monkeypatch.setattr(run_module, "prepare", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        distill(data, None, ipc=1, iterations=10, checkpoint_every=100, checkpoint_dir=tmp_path, **SMALL)
-    completed, tensors, config, history = load_checkpoint(tmp_path)
-    assert completed == 3 and len(history) == 3 and "X" in tensors and config["iterations"] == 10
-
-
-
 def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path):
     distill(data, None, ipc=1, iterations=1, checkpoint_dir=tmp_path, **SMALL)
     with pytest.raises(ValueError, match="other settings.*ipc"):
         distill(data, None, ipc=2, iterations=1, checkpoint_dir=tmp_path, **SMALL)
     fresh = distill(data, None, ipc=2, iterations=1, checkpoint_dir=tmp_path, resume=False, **SMALL)
     assert fresh.images.shape[0] == 2 * CLASSES
+
+
+def test_a_checkpoint_of_another_model_or_data_is_refused_unless_forced(data, model, tmp_path):
+    kw = dict(small(model), ipc=1, iterations=1, checkpoint_dir=tmp_path)
+    distill(data, model, **kw)
+    with pytest.raises(IncompatibleRunError, match="other the model's weights"):
+        distill(data, CompVisStyleLDM(seed=11), iterations=2, **{k: v for k, v in kw.items() if k != "iterations"})
+    images, labels = data
+    with pytest.raises(IncompatibleRunError, match="the training data"):
+        distill((images.flip(-1), labels), model, **kw)
+    forced = distill((images.flip(-1), labels), model, resume="force", **kw)
+    assert len(forced.losses) == 1  # continued: the checkpoint had completed the one iteration
+
+
+def test_damaged_checkpoints_name_the_file(data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ld3m_fast.distillation.checkpoint import FILENAME
+    distill(data, None, ipc=1, iterations=1, checkpoint_dir=tmp_path, **SMALL)
+    path = tmp_path / FILENAME
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DamagedFileError, match=FILENAME):
+        distill(data, None, ipc=1, iterations=2, checkpoint_dir=tmp_path, **SMALL)
+    path.write_bytes(good)
+    tensors = load_file(str(path))
+    tensors["X"] = tensors["X"][:1]  # tampered: fewer images than the run has
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(DamagedFileError, match="does not fit this run"):
+        distill(data, None, ipc=1, iterations=2, checkpoint_dir=tmp_path, **SMALL)
+
+
+def test_an_unwritable_checkpoint_folder_fails_before_any_work(data, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(InvalidArgumentError, match="checkpoint_dir=.*is a file"):
+        distill(data, None, ipc=1, iterations=1, checkpoint_dir=blocker, **SMALL)
 

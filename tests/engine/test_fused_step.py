@@ -126,5 +126,5 @@ def test_unknown_or_unavailable_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="backend='fast'"):
         denoise_step(z, z, z, None, coefficients("none"), backend="fast")
     if "cuda" not in available_backends():
-        with pytest.raises(RuntimeError, match="backend='cuda' cannot run on cpu tensors"):
+        with pytest.raises(ValueError, match="backend='cuda' cannot run on cpu tensors"):
             denoise_step(z, z, z, None, coefficients("none"), backend="cuda")

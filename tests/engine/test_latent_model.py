@@ -1,4 +1,4 @@
-"""Bad input gets a clear error that names the argument (issue 2, item 8)."""
+"""Bad input gets a clear error that names the argument and the fix."""
 import pytest
 import torch
 

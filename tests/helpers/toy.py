@@ -4,8 +4,14 @@ from __future__ import annotations
 import torch
 
 CLASSES, PER_CLASS, SIZE = 4, 12, 16
-KNOBS = dict(batch_real=8, net_width=16, steps=4)  # small and fast distillation settings
+KNOBS = dict(batch_real=8, net_width=16)  # small and fast distillation settings
 SMALL = dict(KNOBS, progress=False)
+LATENT = dict(steps=4)  # and in an LDM's latent space: few DDIM steps
+
+
+def small(model=None, **extra) -> dict:
+    """``SMALL`` (plus ``LATENT`` when ``model`` is an LDM) and ``extra``: the knobs of a quick test run."""
+    return dict(SMALL, **(LATENT if model is not None else {}), **extra)
 
 
 def toy_data(seed=0, classes=CLASSES, per_class=PER_CLASS, size=SIZE):

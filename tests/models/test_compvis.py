@@ -6,7 +6,7 @@ walks a CompVis-layout state dict by CompVis's own module names (``input_blocks.
 ``openaimodel.UNetModel``, ``SpatialTransformer``, VQ ``Encoder``/``Decoder`` and taming's
 ``VectorQuantizer2`` — written with torch.nn.functional only, sharing no code or naming with
 ``ld3m_fast.models`` (only the tests below import those). It was checked against the CompVis code
-itself (UNet and VQ outputs equal to the last bit or to 1e-14; see the closing note of issue 3).
+itself when it was written (UNet and VQ outputs equal to the last bit or to 1e-14).
 Sizes must be divisible by the downsampling factor, as in CompVis.
 """
 from __future__ import annotations

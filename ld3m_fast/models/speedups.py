@@ -112,7 +112,10 @@ def _checkpoint_call(module, *args):
 def _set_unet_checkpointing(model: LatentDiffusion, on: bool) -> None:
     unet = model.diffusion_model
     if on:
-        unet.enable_gradient_checkpointing(_checkpoint_call)
+        try:
+            unet.enable_gradient_checkpointing(_checkpoint_call)
+        except TypeError:  # diffusers < 0.32 takes no function: its blocks call non-reentrant torch checkpoint
+            unet.enable_gradient_checkpointing()
     else:
         unet.disable_gradient_checkpointing()
 

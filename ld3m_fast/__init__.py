@@ -20,6 +20,8 @@ _EXPORTS = {
     "LatentModel": "engine.latent_model", "as_denoiser": "engine.latent_model", "as_latent_model": "engine.latent_model",
     "DDIMSchedule": "engine.schedule", "ddim_timesteps": "engine.schedule", "denoise_step": "engine.fused_step",
     "available_backends": "engine.fused_step", "backend_status": "engine.fused_step",
+    "one_render_backward": "engine.official_step", "accelerate": "models.compvis_acceleration",
+    "unaccelerate": "models.compvis_acceleration",
     # models
     "LDMConfig": "models", "build_ldm": "models", "load_ldm": "models", "optimize": "models", "save_ldm": "models",
     "train_prior": "models", "sample_prior": "models",

@@ -9,6 +9,8 @@ prior training.
 - ``save_ldm(model, path, format="ld3m" | "diffusers" | "compvis")``.
 - ``optimize(model, bf16=, fused_groupnorm_silu=, channels_last=, attention=, checkpoint_decoder=)``.
 - ``train_prior(dataset, out)``: train a class-conditional LDM for a dataset (``prior``).
+- ``accelerate(compvis_model)``: give a CompVis ``LatentDiffusion`` this package's speed, same weights
+  (``compvis_acceleration``).
 
 The model object (``LatentDiffusion``) has CompVis's surface, so ``ld3m_fast.render``,
 ``DDIMSampler`` and official LD3M scripts use it directly. It is built from diffusers' modules:
@@ -21,6 +23,7 @@ _EXPORTS = {
     "LDMConfig": "config", "UNetConfig": "config", "VQConfig": "config", "NAMED_CONFIGS": "config",
     "get_config": "config", "LatentDiffusion": "ldm", "build_ldm": "ldm", "load_ldm": "load",
     "optimize": "speedups", "save_ldm": "storage", "train_prior": "prior", "sample_prior": "prior",
+    "accelerate": "compvis_acceleration", "unaccelerate": "compvis_acceleration", "infer_config": "compvis_acceleration",
 }
 __all__ = list(_EXPORTS)
 

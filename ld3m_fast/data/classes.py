@@ -54,21 +54,24 @@ def imagenet_class_names() -> tuple[str, ...]:
     return _imagenet_table()[1]
 
 
+def class_index(c, count: int, what: str) -> int:
+    """``c`` as a class index in ``[0, count)`` (an int, not a bool), or a clear error naming ``what``."""
+    try:
+        if isinstance(c, bool):
+            raise TypeError
+        c = operator.index(c)
+    except TypeError:
+        raise InvalidTypeError(f"{what} must be an int class index in 0..{count - 1}, got {c!r}") from None
+    if not 0 <= c < count:
+        raise InvalidArgumentError(f"{what}: class index {c} is out of range 0..{count - 1}")
+    return c
+
+
 def check_imagenet_classes(classes: Sequence[int], arg: str = "classes") -> tuple[int, ...]:
     """``classes`` as a tuple of distinct ImageNet-1k indices, or a ValueError naming ``arg``."""
     if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
         raise InvalidTypeError(f"`{arg}` must be a list of ImageNet-1k class indices (ints), got {classes!r}")
-    out = []
-    for c in classes:
-        try:
-            if isinstance(c, bool):
-                raise TypeError
-            c = operator.index(c)
-        except TypeError:
-            raise InvalidTypeError(f"`{arg}` must hold ImageNet-1k class indices (ints 0–999), got {c!r}") from None
-        if not 0 <= c < NUM_IMAGENET_CLASSES:
-            raise InvalidArgumentError(f"`{arg}`: {c} is not an ImageNet-1k class index (0–999)")
-        out.append(c)
+    out = [class_index(c, NUM_IMAGENET_CLASSES, f"`{arg}` (ImageNet-1k classes 0–999)") for c in classes]
     if not out:
         raise InvalidArgumentError(f"`{arg}` is empty")
     if len(set(out)) != len(out):

@@ -7,7 +7,6 @@ images are normalised with before they enter a network or an encoder.
 """
 from __future__ import annotations
 
-import operator
 from typing import Sequence
 
 import torch
@@ -15,6 +14,7 @@ from torch.nn import functional as F
 
 from ..errors import InvalidArgumentError, InvalidTypeError
 from ..normalization import normalize
+from .classes import class_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,20 +108,9 @@ class ImageDataset(torch.utils.data.Dataset):
         """(images − mean) / std per channel, for images in [0, 1] shaped (…, C, H, W)."""
         return normalize(images, self.mean, self.std)
 
-    def _check_class(self, c: int) -> int:
-        try:
-            if isinstance(c, bool):
-                raise TypeError
-            c = operator.index(c)
-        except TypeError:
-            raise InvalidTypeError(f"class index must be an int, got {type(c).__name__}") from None
-        if not 0 <= c < self.num_classes:
-            raise InvalidArgumentError(f"class index {c} is out of range: {self.name!r} has {self.num_classes} classes")
-        return c
-
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices (int64, ascending) of the images of class ``c``."""
-        c = self._check_class(c)
+        c = class_index(c, self.num_classes, f"a class of {self.name!r}")
         return torch.nonzero(self.labels == c).flatten()
 
     def class_counts(self) -> torch.Tensor:

@@ -1,7 +1,7 @@
 // Python bindings of ld3m_fast._C: argument checks, output allocation, device dispatch.
 #include <torch/extension.h>
 
-#include <array>
+#include <cstddef>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -15,46 +15,61 @@ bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// `ref` is the tensor every other one must match; it is checked first.
-void check_ref(const at::Tensor& ref, const char* fn, const char* name) {
-  TORCH_CHECK(ref.defined(), fn, ": ", name, " is an undefined tensor");
-  TORCH_CHECK(supported_dtype(ref.scalar_type()), fn, ": ", name, " has dtype ",
-              ref.scalar_type(), "; supported dtypes are float32, float64, bfloat16, float16");
+// Checks call.inputs[k], named names[k]: the first has a supported dtype and device, every other
+// one its shape, dtype and device, and all are contiguous.  Inputs from `n_required` on are
+// optional: undefined means absent.
+void check_inputs(const char* fn, const StepCall& call, const std::vector<const char*>& names,
+                  std::size_t n_required) {
+  const at::Tensor& ref = call.inputs[0];
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const at::Tensor& t = call.inputs[k];
+    if (k >= n_required && !t.defined()) {
+      continue;
+    }
+    TORCH_CHECK(t.defined(), fn, ": ", names[k], " is an undefined tensor");
+    if (k == 0) {
+      TORCH_CHECK(supported_dtype(t.scalar_type()), fn, ": ", names[k], " has dtype ",
+                  t.scalar_type(), "; supported dtypes are float32, float64, bfloat16, float16");
 #ifdef WITH_CUDA
-  TORCH_CHECK(ref.device().is_cpu() || ref.device().is_cuda(), fn, ": ", name, " is on ",
-              ref.device(), "; only CPU and CUDA tensors are supported");
+      TORCH_CHECK(t.device().is_cpu() || t.device().is_cuda(), fn, ": ", names[k], " is on ",
+                  t.device(), "; only CPU and CUDA tensors are supported");
 #else
-  TORCH_CHECK(ref.device().is_cpu(), fn, ": ", name, " is on ", ref.device(),
-              "; this build of ld3m_fast._C supports CPU tensors only (compiled without CUDA)");
+      TORCH_CHECK(t.device().is_cpu(), fn, ": ", names[k], " is on ", t.device(),
+                  "; this build of ld3m_fast._C supports CPU tensors only (compiled without CUDA)");
 #endif
-  TORCH_CHECK(ref.is_contiguous(), fn, ": ", name, " must be contiguous (call .contiguous())");
-}
-
-void check_like(const at::Tensor& t, const at::Tensor& ref, const char* fn, const char* name,
-                const char* ref_name) {
-  TORCH_CHECK(t.defined(), fn, ": ", name, " is an undefined tensor");
-  TORCH_CHECK(t.sizes() == ref.sizes(), fn, ": ", name, " has shape ", t.sizes(), " but ",
-              ref_name, " has shape ", ref.sizes(), "; all step tensors must have one shape");
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), fn, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
-              "; all step tensors must have one dtype");
-  TORCH_CHECK(t.device() == ref.device(), fn, ": ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device(), "; all step tensors must be on one device");
-  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous (call .contiguous())");
+    } else {
+      TORCH_CHECK(t.sizes() == ref.sizes(), fn, ": ", names[k], " has shape ", t.sizes(), " but ",
+                  names[0], " has shape ", ref.sizes(), "; all step tensors must have one shape");
+      TORCH_CHECK(t.scalar_type() == ref.scalar_type(), fn, ": ", names[k], " has dtype ",
+                  t.scalar_type(), " but ", names[0], " has dtype ", ref.scalar_type(),
+                  "; all step tensors must have one dtype");
+      TORCH_CHECK(t.device() == ref.device(), fn, ": ", names[k], " is on ", t.device(), " but ",
+                  names[0], " is on ", ref.device(), "; all step tensors must be on one device");
+    }
+    TORCH_CHECK(t.is_contiguous(), fn, ": ", names[k], " must be contiguous (call .contiguous())");
+  }
 }
 
 StepCoef parse_coeffs(const std::vector<double>& coeffs, const char* fn) {
   TORCH_CHECK(coeffs.size() == 8, fn, ": coeffs must hold 8 floats (r_t, s_t, r_p, d, sigma, ",
               "g, w_x, w_o), got ", coeffs.size());
-  std::array<double, 8> a{};
-  for (size_t i = 0; i < 8; ++i) {
-    a[i] = coeffs[i];
-  }
-  return StepCoef::from_array(a);
+  const double* c = coeffs.data();
+  return StepCoef{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]};
 }
 
 at::Tensor empty_like_contiguous(const at::Tensor& t) {
   return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// Runs a checked call on its tensors' device (a CUDA build accepts CUDA tensors, see check_inputs).
+void run_step(const StepCall& call) {
+#ifdef WITH_CUDA
+  if (call.inputs[0].is_cuda()) {
+    run_step_cuda(call);
+    return;
+  }
+#endif
+  run_step_cpu(call);
 }
 
 }  // namespace
@@ -64,64 +79,33 @@ std::tuple<at::Tensor, at::Tensor> step_forward(const at::Tensor& z, const at::T
                                                 const std::optional<at::Tensor>& noise,
                                                 const std::vector<double>& coeffs, bool want_x0) {
   constexpr const char* fn = "ld3m_fast._C.step_forward";
-  check_ref(z, fn, "z");
-  check_like(eps_u, z, fn, "eps_u", "z");
-  check_like(eps_c, z, fn, "eps_c", "z");
-  check_like(anchor, z, fn, "anchor", "z");
-  const bool has_noise = noise.has_value() && noise->defined();
-  at::Tensor noise_t;
-  if (has_noise) {
-    noise_t = *noise;
-    check_like(noise_t, z, fn, "noise", "z");
-  }
-  const StepCoef coef = parse_coeffs(coeffs, fn);
-
-  at::Tensor z_prev = empty_like_contiguous(z);
-  at::Tensor x0;
+  StepCall call{true, {}, {z, eps_u, eps_c, anchor, noise.value_or(at::Tensor())}, {}};
+  check_inputs(fn, call, {"z", "eps_u", "eps_c", "anchor", "noise"}, 4);
+  call.coef = parse_coeffs(coeffs, fn);
+  call.outputs[0] = empty_like_contiguous(z);
   if (want_x0) {
-    x0 = empty_like_contiguous(z);
+    call.outputs[1] = empty_like_contiguous(z);
   }
-  if (z.device().is_cuda()) {
-#ifdef WITH_CUDA
-    step_forward_cuda(z, eps_u, eps_c, anchor, noise_t, coef, z_prev, x0);
-#endif
-  } else {
-    step_forward_cpu(z, eps_u, eps_c, anchor, noise_t, coef, z_prev, x0);
-  }
-  return {z_prev, x0};
+  run_step(call);
+  return {call.outputs[0], call.outputs[1]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> step_backward(const at::Tensor& G,
                                                              const std::optional<at::Tensor>& H,
                                                              const std::vector<double>& coeffs) {
   constexpr const char* fn = "ld3m_fast._C.step_backward";
-  check_ref(G, fn, "grad_z_prev");
-  const bool has_h = H.has_value() && H->defined();
-  at::Tensor H_t;
-  if (has_h) {
-    H_t = *H;
-    check_like(H_t, G, fn, "grad_x0", "grad_z_prev");
-  }
-  const StepCoef coef = parse_coeffs(coeffs, fn);
-
-  at::Tensor g_z = empty_like_contiguous(G);
-  at::Tensor g_anchor = empty_like_contiguous(G);
-  std::vector<int64_t> pair_shape;
-  pair_shape.reserve(G.dim() + 1);
-  pair_shape.push_back(2);
-  for (const int64_t s : G.sizes()) {
-    pair_shape.push_back(s);
-  }
-  at::Tensor g_eps_pair =
+  StepCall call{false, {}, {G, H.value_or(at::Tensor())}, {}};
+  check_inputs(fn, call, {"grad_z_prev", "grad_x0"}, 1);
+  call.coef = parse_coeffs(coeffs, fn);
+  // g_eps_u and g_eps_c are the two halves of one (2, *shape) tensor: the gradient of a
+  // doubled-batch denoiser output [uncond; cond] as it is.
+  std::vector<int64_t> pair_shape{2};
+  pair_shape.insert(pair_shape.end(), G.sizes().begin(), G.sizes().end());
+  const at::Tensor g_eps_pair =
       at::empty(pair_shape, G.options().memory_format(at::MemoryFormat::Contiguous));
-  if (G.device().is_cuda()) {
-#ifdef WITH_CUDA
-    step_backward_cuda(G, H_t, coef, g_z, g_eps_pair, g_anchor);
-#endif
-  } else {
-    step_backward_cpu(G, H_t, coef, g_z, g_eps_pair, g_anchor);
-  }
-  return {g_z, g_eps_pair, g_anchor};
+  call.outputs = {empty_like_contiguous(G), g_eps_pair[0], g_eps_pair[1], empty_like_contiguous(G)};
+  run_step(call);
+  return {call.outputs[0], g_eps_pair, call.outputs[3]};
 }
 
 bool has_cuda() {

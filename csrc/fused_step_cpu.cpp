@@ -15,8 +15,6 @@
 #define LD3M_CPU_CAPABILITY_NAME "DEFAULT"
 #endif
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
@@ -38,12 +36,11 @@ using at::vec::Vectorized;
 // elementwise op, like ATen's own GRAIN_SIZE.
 constexpr int64_t kGrainSize = 32768;
 
-// Loads and stores of kStep consecutive elements as two compute-type vectors.
+// Loads and stores of kStep consecutive elements as two compute-type (at::opmath_type) vectors.
 // float/double: two Vectorized<scalar_t>.  bfloat16/half: one Vectorized<scalar_t>
 // converted to/from two Vectorized<float> (rounding once, to nearest even, at the store).
 template <typename scalar_t, typename Enable = void>
 struct VecIO {
-  using opmath_t = scalar_t;
   using fVec = Vectorized<scalar_t>;
   static constexpr int64_t kStep = 2 * fVec::size();
 
@@ -59,7 +56,6 @@ struct VecIO {
 
 template <typename scalar_t>
 struct VecIO<scalar_t, std::enable_if_t<at::vec::is_reduced_floating_point_v<scalar_t>>> {
-  using opmath_t = float;
   using fVec = Vectorized<float>;
   using rVec = Vectorized<scalar_t>;
   static constexpr int64_t kStep = rVec::size();
@@ -73,163 +69,52 @@ struct VecIO<scalar_t, std::enable_if_t<at::vec::is_reduced_floating_point_v<sca
   }
 };
 
-template <typename scalar_t, bool kNoise, bool kX0>
-void fwd_chunk(const scalar_t* __restrict__ z, const scalar_t* __restrict__ eps_u,
-               const scalar_t* __restrict__ eps_c, const scalar_t* __restrict__ anchor,
-               const scalar_t* __restrict__ noise, scalar_t* __restrict__ z_prev,
-               scalar_t* __restrict__ x0, const FwdCoef<typename VecIO<scalar_t>::opmath_t>& cs,
-               int64_t begin, int64_t end) {
+// Elements [begin, end) of one call: the vector loop, then a scalar tail.
+template <typename Args>
+void step_chunk(const Args& a, int64_t begin, int64_t end) {
+  using Op = typename Args::Op;
+  using scalar_t = typename Args::scalar_t;
+  using opmath_t = typename Args::opmath_t;
   using IO = VecIO<scalar_t>;
-  using opmath_t = typename IO::opmath_t;
   using fVec = typename IO::fVec;
-  const FwdCoef<fVec> cv = broadcast<fVec>(cs);
+  const Coef<fVec> cv = make_coef<fVec, opmath_t>(a.coef);
+  const Coef<opmath_t> cs = make_coef<opmath_t>(a.coef);
 
   int64_t i = begin;
   for (; i + IO::kStep <= end; i += IO::kStep) {
-    fVec z0, z1, u0, u1, c0, c1, a0, a1, n0, n1;
-    IO::load(z + i, z0, z1);
-    IO::load(eps_u + i, u0, u1);
-    IO::load(eps_c + i, c0, c1);
-    IO::load(anchor + i, a0, a1);
-    if constexpr (kNoise) {
-      IO::load(noise + i, n0, n1);
+    fVec lo[Op::kInputs], hi[Op::kInputs], lo_out[Op::kOutputs], hi_out[Op::kOutputs];
+    for (int k = 0; k < Op::kInputs; ++k) {
+      IO::load(a.in.p[k] + i, lo[k], hi[k]);
     }
-    fVec zp0, zp1, x00, x01;
-    step_fwd_math<kNoise>(z0, u0, c0, a0, n0, cv, zp0, x00);
-    step_fwd_math<kNoise>(z1, u1, c1, a1, n1, cv, zp1, x01);
-    IO::store(z_prev + i, zp0, zp1);
-    if constexpr (kX0) {
-      IO::store(x0 + i, x00, x01);
+    Op::apply(lo, lo_out, cv);
+    Op::apply(hi, hi_out, cv);
+    for (int k = 0; k < Op::kOutputs; ++k) {
+      IO::store(a.out.p[k] + i, lo_out[k], hi_out[k]);
     }
   }
   for (; i < end; ++i) {
-    const opmath_t nz = kNoise ? static_cast<opmath_t>(noise[i]) : opmath_t(0);
-    opmath_t zp, xb;
-    step_fwd_math<kNoise>(static_cast<opmath_t>(z[i]), static_cast<opmath_t>(eps_u[i]),
-                          static_cast<opmath_t>(eps_c[i]), static_cast<opmath_t>(anchor[i]), nz,
-                          cs, zp, xb);
-    z_prev[i] = static_cast<scalar_t>(zp);
-    if constexpr (kX0) {
-      x0[i] = static_cast<scalar_t>(xb);
+    opmath_t x[Op::kInputs], y[Op::kOutputs];
+    for (int k = 0; k < Op::kInputs; ++k) {
+      x[k] = static_cast<opmath_t>(a.in.p[k][i]);
+    }
+    Op::apply(x, y, cs);
+    for (int k = 0; k < Op::kOutputs; ++k) {
+      a.out.p[k][i] = static_cast<scalar_t>(y[k]);
     }
   }
 }
 
-template <typename scalar_t, bool kH>
-void bwd_chunk(const scalar_t* __restrict__ G, const scalar_t* __restrict__ H,
-               scalar_t* __restrict__ g_z, scalar_t* __restrict__ g_eps_u,
-               scalar_t* __restrict__ g_eps_c, scalar_t* __restrict__ g_anchor,
-               const BwdCoef<typename VecIO<scalar_t>::opmath_t>& cs, int64_t begin,
-               int64_t end) {
-  using IO = VecIO<scalar_t>;
-  using opmath_t = typename IO::opmath_t;
-  using fVec = typename IO::fVec;
-  const BwdCoef<fVec> cv = broadcast<fVec>(cs);
-
-  int64_t i = begin;
-  for (; i + IO::kStep <= end; i += IO::kStep) {
-    fVec G0, G1, H0, H1;
-    IO::load(G + i, G0, G1);
-    if constexpr (kH) {
-      IO::load(H + i, H0, H1);
-    }
-    fVec gz0, gz1, gu0, gu1, gc0, gc1, ga0, ga1;
-    step_bwd_math<kH>(G0, H0, cv, gz0, gu0, gc0, ga0);
-    step_bwd_math<kH>(G1, H1, cv, gz1, gu1, gc1, ga1);
-    IO::store(g_z + i, gz0, gz1);
-    IO::store(g_eps_u + i, gu0, gu1);
-    IO::store(g_eps_c + i, gc0, gc1);
-    IO::store(g_anchor + i, ga0, ga1);
+struct CpuDriver {
+  template <typename Args>
+  static void run(const Args& a) {
+    at::parallel_for(0, a.n, kGrainSize,
+                     [&](int64_t begin, int64_t end) { step_chunk(a, begin, end); });
   }
-  for (; i < end; ++i) {
-    const opmath_t h = kH ? static_cast<opmath_t>(H[i]) : opmath_t(0);
-    opmath_t gz, gu, gc, ga;
-    step_bwd_math<kH>(static_cast<opmath_t>(G[i]), h, cs, gz, gu, gc, ga);
-    g_z[i] = static_cast<scalar_t>(gz);
-    g_eps_u[i] = static_cast<scalar_t>(gu);
-    g_eps_c[i] = static_cast<scalar_t>(gc);
-    g_anchor[i] = static_cast<scalar_t>(ga);
-  }
-}
-
-template <typename scalar_t, bool kNoise, bool kX0>
-void fwd_launch(const at::Tensor& z, const at::Tensor& eps_u, const at::Tensor& eps_c,
-                const at::Tensor& anchor, const at::Tensor& noise, const StepCoef& coef,
-                at::Tensor& z_prev, at::Tensor& x0) {
-  using opmath_t = typename VecIO<scalar_t>::opmath_t;
-  const FwdCoef<opmath_t> cs = make_fwd_coef<opmath_t>(coef);
-  const scalar_t* pz = z.const_data_ptr<scalar_t>();
-  const scalar_t* pu = eps_u.const_data_ptr<scalar_t>();
-  const scalar_t* pc = eps_c.const_data_ptr<scalar_t>();
-  const scalar_t* pa = anchor.const_data_ptr<scalar_t>();
-  const scalar_t* pn = kNoise ? noise.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* pzp = z_prev.mutable_data_ptr<scalar_t>();
-  scalar_t* px0 = kX0 ? x0.mutable_data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, z.numel(), kGrainSize, [&](int64_t begin, int64_t end) {
-    fwd_chunk<scalar_t, kNoise, kX0>(pz, pu, pc, pa, pn, pzp, px0, cs, begin, end);
-  });
-}
-
-template <typename scalar_t, bool kH>
-void bwd_launch(const at::Tensor& G, const at::Tensor& H, const StepCoef& coef, at::Tensor& g_z,
-                at::Tensor& g_eps_pair, at::Tensor& g_anchor) {
-  using opmath_t = typename VecIO<scalar_t>::opmath_t;
-  const BwdCoef<opmath_t> cs = make_bwd_coef<opmath_t>(coef);
-  const int64_t n = G.numel();
-  const scalar_t* pG = G.const_data_ptr<scalar_t>();
-  const scalar_t* pH = kH ? H.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* pgz = g_z.mutable_data_ptr<scalar_t>();
-  scalar_t* pgu = g_eps_pair.mutable_data_ptr<scalar_t>();
-  scalar_t* pgc = pgu + n;
-  scalar_t* pga = g_anchor.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-    bwd_chunk<scalar_t, kH>(pG, pH, pgz, pgu, pgc, pga, cs, begin, end);
-  });
-}
+};
 
 }  // namespace
 
-void step_forward_cpu(const at::Tensor& z, const at::Tensor& eps_u, const at::Tensor& eps_c,
-                      const at::Tensor& anchor, const at::Tensor& noise, const StepCoef& coef,
-                      at::Tensor& z_prev, at::Tensor& x0) {
-  if (z.numel() == 0) {
-    return;
-  }
-  const bool has_noise = noise.defined();
-  const bool want_x0 = x0.defined();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, z.scalar_type(), "ld3m_fast_step_forward_cpu", [&] {
-        if (has_noise) {
-          if (want_x0) {
-            fwd_launch<scalar_t, true, true>(z, eps_u, eps_c, anchor, noise, coef, z_prev, x0);
-          } else {
-            fwd_launch<scalar_t, true, false>(z, eps_u, eps_c, anchor, noise, coef, z_prev, x0);
-          }
-        } else {
-          if (want_x0) {
-            fwd_launch<scalar_t, false, true>(z, eps_u, eps_c, anchor, noise, coef, z_prev, x0);
-          } else {
-            fwd_launch<scalar_t, false, false>(z, eps_u, eps_c, anchor, noise, coef, z_prev, x0);
-          }
-        }
-      });
-}
-
-void step_backward_cpu(const at::Tensor& G, const at::Tensor& H, const StepCoef& coef,
-                       at::Tensor& g_z, at::Tensor& g_eps_pair, at::Tensor& g_anchor) {
-  if (G.numel() == 0) {
-    return;
-  }
-  const bool has_h = H.defined();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, G.scalar_type(), "ld3m_fast_step_backward_cpu", [&] {
-        if (has_h) {
-          bwd_launch<scalar_t, true>(G, H, coef, g_z, g_eps_pair, g_anchor);
-        } else {
-          bwd_launch<scalar_t, false>(G, H, coef, g_z, g_eps_pair, g_anchor);
-        }
-      });
-}
+void run_step_cpu(const StepCall& call) { dispatch_step<CpuDriver>(call); }
 
 const char* cpu_capability() { return LD3M_CPU_CAPABILITY_NAME; }
 

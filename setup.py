@@ -163,21 +163,13 @@ def _extension_setup() -> dict:
     }
 
 
+# The package's metadata, dependencies, extras and entry point are in pyproject.toml; this script adds what
+# pyproject.toml cannot say: the package laid out over two folders (kernels/ is ld3m_fast.kernels) and the extension.
 setup(
-    name="ld3m_fast",
-    version="0.1.0",
-    description="Fast LD3M (latent dataset distillation with diffusion models) sampling and training step",
-    python_requires=">=3.10",
     packages=sorted(set(find_packages(include=["ld3m_fast", "ld3m_fast.*"])) | {"ld3m_fast.kernels"}),
     package_dir={"ld3m_fast.kernels": "kernels"},
     package_data={"ld3m_fast.data": ["imagenet_classes.txt", "embedded/fashion-mnist/*"],
                   "ld3m_fast": ["priors/*.safetensors", "priors/*.json", "priors/*.png"]},
-    install_requires=["torch", "safetensors", "tqdm", "diffusers", "Pillow", "numpy"],
-    extras_require={
-        "triton": ["triton"],
-        "test": ["pytest", "pytest-benchmark", "triton", "ninja"],
-    },
-    entry_points={"console_scripts": ["ld3m-fast = ld3m_fast.cli:main"]},
     zip_safe=False,
     **_extension_setup(),
 )

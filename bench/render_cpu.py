@@ -2,8 +2,8 @@
 
     python bench/render_cpu.py --out bench/results/render_cpu.json [--repeats 5]
 
-Small models, N = 20, S ∈ {10, 100}: the 0.9 M-parameter CompVis-style test LDM (``tests/helpers/compvis_style.py``) (8×8×3 latents) and the shipped
-Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents). Three ways: the engine as
+Small models, N = 20, S ∈ {10, 100}: the 0.9 M-parameter CompVis-style test LDM
+(``tests/helpers/compvis_style.py``, 8×8×3 latents) and the shipped Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents). Three ways: the engine as
 ``render`` runs by default (every step's latent kept), the engine keeping every ⌈√S⌉-th latent (what
 the planner picks when a memory budget is too tight for all of them), and ``ld3m_fast.reference``.
 CPU timings drift with the machine's load, so the three alternate, and the medians of the repeats are

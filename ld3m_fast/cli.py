@@ -136,6 +136,10 @@ def _distill(args) -> int:
 
     distributed = launched_by_torchrun()  # torchrun --nproc_per_node=K -m ld3m_fast distill ...
     main = not distributed or int(os.environ["RANK"]) == 0
+    from .distillation.config import DistillConfig, check_knobs
+
+    check_knobs(DistillConfig(algorithm=args.algorithm, ipc=args.ipc, **_knobs(args)),  # before the data loads
+                latent=args.ldm not in (None, "none", "pixel"))
     out = check_writable_folder(args.out, "--out")  # before any work: never lose a finished run to a bad path
     if main:  # `--config <out>` repeats (or continues) this run
         settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}

@@ -51,7 +51,8 @@ NORMALIZATIONS = ("glad", "imagenet", "unit")  # names load_set(normalization=) 
 
 @dataclass
 class LoadedSet:
-    """A labelled image set read by :func:`load_set`: images float32 (N, C, H, W) in [0, 1], labels int64.
+    """A labelled image set read by :func:`load_set`: images float32 (N, C, H, W), in [0, 1] but for pixel-space sets
+    (kept as the loss saw them), labels int64.
 
     ``mean``/``std``: the normalisation networks should train these images with (the one they were
     saved or distilled with), ``None`` when unknown. ``syn_lr``: MTT's learned step size, if the set
@@ -122,8 +123,8 @@ def _checked_set(distilled) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         raise InvalidTypeError(f"distilled must be a DistilledSet, a LoadedSet or a path to one, got "
                                f"{type(distilled).__name__}")
     images, labels = distilled.images, distilled.labels
-    check_images_labels(images, labels, "distilled images", "distilled labels")
-    images, labels = to_unit(images.detach().cpu()).clamp(0, 1), labels.detach().cpu().long()
+    check_images_labels(images, labels, "distilled images", "distilled labels", unit_range=False)  # pixel sets may
+    images, labels = to_unit(images.detach().cpu()), labels.detach().cpu().long()                 # leave [0, 1]
     names = getattr(distilled, "class_names", None)
     names = [str(n) for n in names] if names else [str(k) for k in range(int(labels.max()) + 1)]
     if int(labels.max()) >= len(names):
@@ -173,7 +174,7 @@ def _write_folder(images: torch.Tensor, labels: torch.Tensor, class_names: list[
                                    f"{images.shape[1]} channels")
     width, digits = len(str(len(class_names) - 1)), len(str(len(images) - 1))
     folders = [f"{k:0{width}d}_{safe_name(n)}" for k, n in enumerate(class_names)]
-    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     files = []
     for i, (array, label) in enumerate(zip(pixels, labels.tolist())):
         (out / folders[label]).mkdir(exist_ok=True)
@@ -291,7 +292,7 @@ def _load_pt_pair(images_path: Path, normalization) -> LoadedSet:
     info = _info_for(images_path)
     norm, unit = _pt_normalization(images_path, info, normalization, images.shape[1])
     images = images.float() if unit else denormalize(images.double(), *norm).float()
-    images = _clip_to_unit(images, images_path, norm)
+    images = _check_range(images, images_path, norm, guessed=not info)
     syn_lr = None
     if lr_path.is_file():
         lr = _load_tensor(lr_path, "learning rate")
@@ -363,17 +364,17 @@ def _named_normalization(name: str) -> tuple:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _clip_to_unit(images: torch.Tensor, path: Path, norm) -> torch.Tensor:
-    """Clamp to [0, 1]; warn when more than rounding lies outside (pixel-space MTT leaves pixels unbounded, or the
-    normalisation is wrong)."""
+def _check_range(images: torch.Tensor, path: Path, norm, guessed: bool) -> torch.Tensor:
+    """NaN/Inf is damage. Values outside [0, 1] are kept — pixel-space sets leave it, and evaluation trains on
+    exactly what the loss saw — but when the normalisation was the caller's guess and much lies outside, one warning
+    says the guess may be wrong."""
     if not bool(torch.isfinite(images).all()):
         raise DamagedFileError(f"{str(path)!r} holds NaN/Inf values")
     outside = float(((images < -1e-3) | (images > 1 + 1e-3)).float().mean()) if images.numel() else 0.0
-    if outside > 0:
+    if guessed and outside > 0.05:
         warnings.warn(f"{path.name}: {100 * outside:.2f}% of the values lie outside [0, 1] after de-normalising with "
-                      f"{norm}; they are clipped (unbounded pixel-space images, or the wrong normalization?)",
-                      stacklevel=4)
-    return images.clamp_(0, 1)
+                      f"{norm}: a pixel-space set, or the wrong normalization?", stacklevel=4)
+    return images
 
 
 def _load_png_export(folder: Path, info: dict) -> LoadedSet:

@@ -30,6 +30,8 @@ def env(tmp_path_factory):
     (tmp / "empty.safetensors").write_bytes(b"")
     (tmp / "garbage.safetensors").write_bytes(b"\x12\x00\x00\x00\x00\x00\x00\x00{\"a\": nonsense")
     (tmp / "random.ckpt").write_bytes(bytes(range(256)) * 8)
+    (tmp / "unknown.json").write_text(json.dumps({"bogus": 1}))
+    (tmp / "bad_value.json").write_text(json.dumps({"ipc": 0}))
     result = ld3m_fast.distill((images, labels), None, ipc=1, iterations=1, batch_real=4, net_width=8, progress=False)
     good = tmp / "set"
     result.save(good)
@@ -48,7 +50,8 @@ def env(tmp_path_factory):
     folder = tmp / "images" / "cat"
     folder.mkdir(parents=True)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    return types.SimpleNamespace(tmp=tmp, model=model, Z=Z, c=c, images=images, labels=labels, a_file=a_file,
+    return types.SimpleNamespace(tmp=tmp, unknown_settings=tmp / "unknown.json", bad_value_settings=tmp / "bad_value.json",
+                                 model=model, Z=Z, c=c, images=images, labels=labels, a_file=a_file,
                                  good_set=good, bad_json=bad_json, truncated=truncated, no_key=no_key,
                                  image_folder=tmp / "images")
 
@@ -57,6 +60,12 @@ def render(e, **kw):
     args = dict(model=e.model, Z=e.Z, c=e.c, steps=4, seed=0)
     args.update(kw)
     return ld3m_fast.render(args.pop("model"), args.pop("Z"), args.pop("c"), args.pop("steps"), **args)
+
+
+def sample(e, sampler=None, **kw):
+    args = dict(S=4, batch_size=2, shape=(3, 8, 8), conditioning=e.c, x_T=e.Z, verbose=False)
+    args.update(kw)
+    return ld3m_fast.DDIMSampler(e.model, **(sampler or {})).sample(**args)
 
 
 def distill(e, model=None, **kw):
@@ -145,6 +154,18 @@ API = [
     ("render guidance without uc", lambda e: render(e, model=ld3m_fast.LatentModel(
         e.model.apply_model, lambda z: e.model.first_stage_model.quantize(z)[0],
         lambda z: e.model.first_stage_model.decode(z, force_not_quantize=True))), r"guidance=3.0 needs"),
+    # --- the drop-in sampler -------------------------------------------------------------------------------------
+    ("sampler unknown option", lambda e: ld3m_fast.DDIMSampler(e.model, bogus=1), r"\['bogus'\]"),
+    ("sampler sample unknown option", lambda e: sample(e, bogus=1), r"\['bogus'\]"),
+    ("sampler mask", lambda e: sample(e, mask=torch.ones(1)), r"mask="),
+    ("sampler temperature", lambda e: sample(e, temperature=0.5), r"temperature=0.5"),
+    ("sampler S 0", lambda e: sample(e, S=0), r"steps=0"),
+    ("sampler budget", lambda e: sample(e, sampler=dict(memory_budget="lots")), r"memory_budget='lots'"),
+    ("sampler x_T NaN", lambda e: sample(e, x_T=torch.full_like(e.Z, NAN)), r"x_T has \d+ NaN"),
+    ("sampler conditioning 2-D", lambda e: sample(e, conditioning=e.c[:, 0]), r"conditioning must be \(N, L, D\)"),
+    ("sampler no conditioning", lambda e: sample(e, conditioning=None), r"conditioning=None"),
+    ("sampler discretize", lambda e: ld3m_fast.DDIMSampler(e.model).make_schedule(4, ddim_discretize="quad"),
+     r"ddim_discretize='quad'"),
     # --- distill: data ---------------------------------------------------------------------------------------------
     ("distill images 3-D", lambda e: distill(e, train=(e.images[:, 0], e.labels)), r"train images must be"),
     ("distill images int", lambda e: distill(e, train=(e.images.int(), e.labels)), r"train images has dtype"),
@@ -321,8 +342,10 @@ CLI = [
     ("distill config missing", lambda e: ["distill", "--config", str(e.tmp / "nope.json")], r"nope.json"),
     ("distill config bad JSON", lambda e: ["distill", "--config", str(e.bad_json / "distilled.json")],
      r"distilled.json"),
-    ("distill config unknown key", lambda e: ["distill", "--config", str(e.good_set / "distilled.json"), "--out",
-                                              str(e.tmp / "o18")], r"unknown settings|set for a pixel-space run"),
+    ("distill config unknown key", lambda e: ["distill", "--config", str(e.unknown_settings), "--out",
+                                              str(e.tmp / "o18")], r"unknown settings \['bogus'\]"),
+    ("distill config bad value", lambda e: ["distill", "--config", str(e.bad_value_settings), "--out",
+                                            str(e.tmp / "o19")], r"ipc=0"),
     ("distill unknown data", lambda e: ["distill", "--data", "no-such-dataset", "--out", str(e.tmp / "o4")],
      r"no-such-dataset"),
     ("distill missing folder", lambda e: ["distill", "--data", str(e.tmp / "nope/"), "--out", str(e.tmp / "o5")],
@@ -373,7 +396,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(env, capsys, name, argv, match):
     assert cli(argv(env)) == 2
     err = capsys.readouterr().err
     lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]  # progress bars may come before it
-    assert lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert re.match(r"(ld3m-fast \S+: )?error: ", lines[-1]) and "Traceback" not in err, err  # ours, or argparse's
     assert re.search(match, lines[-1]), err
 
 

@@ -139,13 +139,13 @@ def _numbers(name, values, count, positive=False):
         raise InvalidArgumentError(f"{name}={values!r} must be {count} {kind} (one per image channel)")
 
 
-def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
-            dataset_class_ids: tuple[int, ...] | None, num_classes: int) -> DistillConfig:
-    """Fill the preset's defaults in and check every knob; returns a new, complete config."""
+def check_knobs(cfg: DistillConfig, *, latent: bool) -> DistillConfig:
+    """The preset's defaults filled in and every knob checked that needs no data (``resolve`` does the rest): a new
+    config. The command line calls it before loading the data, so a bad value fails at once."""
     from ..engine.fused_step import BACKEND_NAMES
     from ..engine.memory import parse_memory_budget
     from ..engine.schedule import SKIP_VARIANTS, ddim_timesteps
-    from ..nets import canonical_norm, network_depth, parse_network_name
+    from ..nets import canonical_norm, parse_network_name
 
     _choice("algorithm", cfg.algorithm, ALGORITHMS)
     _choice("preset", cfg.preset, PRESETS_NAMES)
@@ -156,17 +156,10 @@ def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
                                        "latent space of an LDM only; pass a model or leave them unset")
     values = {k: v for k, v in PRESETS[(cfg.preset, cfg.algorithm)].items() if getattr(cfg, k) is None}
     out = dataclasses.replace(cfg, **values)
-    out.net_depth = network_depth(out.net, resolution, out.net_depth)  # also rejects unknown network names here
     if latent:
-        defaults = dict(steps=default_steps(resolution), guidance=3.0, skip="official", eta=0.0,
-                        encode_input="normalized")
-        for key, value in defaults.items():
+        for key, value in dict(guidance=3.0, skip="official", eta=0.0, encode_input="normalized").items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
-        if out.syn_mean is None and out.syn_std is None and channels == 3:
-            out.syn_mean, out.syn_std = OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD
-        if out.class_ids is None:
-            out.class_ids = tuple(dataset_class_ids) if dataset_class_ids is not None else tuple(range(num_classes))
     if out.algorithm != "mtt":
         out.syn_steps = out.expert_epochs = out.max_start_epoch = None
 
@@ -186,8 +179,9 @@ def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
     _positive_int("checkpoint_every", out.checkpoint_every)
     _choice("init", out.init, ("real", "noise"))
     if latent:
-        _positive_int("steps", out.steps)
-        ddim_timesteps(out.steps)  # a count the schedule cannot run fails here, naming steps
+        if out.steps is not None:
+            _positive_int("steps", out.steps)
+            ddim_timesteps(out.steps)  # a count the schedule cannot run fails here, naming steps
         _positive_float("guidance", out.guidance, allow_zero=True)
         _choice("skip", out.skip, SKIP_VARIANTS)
         _positive_float("eta", out.eta, allow_zero=True)
@@ -200,13 +194,11 @@ def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
         if (out.syn_mean is None) != (out.syn_std is None):
             raise InvalidArgumentError("give syn_mean and syn_std together (or neither: the dataset's normalisation)")
         if out.syn_mean is not None:
-            _numbers("syn_mean", out.syn_mean, channels)
-            _numbers("syn_std", out.syn_std, channels, positive=True)
-        if len(out.class_ids) != num_classes or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out.class_ids):
-            raise InvalidArgumentError(
-                f"class_ids={list(out.class_ids)!r} must give the LDM class (an int >= 0) of each of the data's "
-                f"{num_classes} labels")
+            _numbers("syn_mean", out.syn_mean, len(out.syn_mean))
+            _numbers("syn_std", out.syn_std, len(out.syn_mean), positive=True)
+        if out.class_ids is not None and not (isinstance(out.class_ids, (tuple, list)) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out.class_ids)):
+            raise InvalidArgumentError(f"class_ids={out.class_ids!r} must be the LDM classes (ints >= 0) of the labels")
     if out.eval_every is not None:
         _positive_int("eval_every", out.eval_every)
     _positive_int("eval_repeats", out.eval_repeats)
@@ -232,5 +224,28 @@ def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
     return out
 
 
-__all__ = ["DistillConfig", "ALGORITHMS", "PRESETS", "PRESETS_NAMES", "LATENT_ONLY", "resolve", "knob_names",
-           "default_steps", "OFFICIAL_SYNTHETIC_MEAN", "OFFICIAL_SYNTHETIC_STD"]
+def resolve(cfg: DistillConfig, *, latent: bool, resolution: int, channels: int,
+            dataset_class_ids: tuple[int, ...] | None, num_classes: int) -> DistillConfig:
+    """Fill the preset's and the data's defaults in and check every knob; returns a new, complete config."""
+    from ..nets import network_depth
+
+    out = check_knobs(cfg, latent=latent)
+    out.net_depth = network_depth(out.net, resolution, out.net_depth)
+    if latent:
+        if out.steps is None:
+            out.steps = default_steps(resolution)
+        if out.syn_mean is None and out.syn_std is None and channels == 3:
+            out.syn_mean, out.syn_std = OFFICIAL_SYNTHETIC_MEAN, OFFICIAL_SYNTHETIC_STD
+        if out.syn_mean is not None:
+            _numbers("syn_mean", out.syn_mean, channels)
+            _numbers("syn_std", out.syn_std, channels, positive=True)
+        if out.class_ids is None:
+            out.class_ids = tuple(dataset_class_ids) if dataset_class_ids is not None else tuple(range(num_classes))
+        if len(out.class_ids) != num_classes:
+            raise InvalidArgumentError(f"class_ids={list(out.class_ids)!r} must give the LDM class of each of the "
+                                       f"data's {num_classes} labels")
+    return out
+
+
+__all__ = ["DistillConfig", "ALGORITHMS", "PRESETS", "PRESETS_NAMES", "LATENT_ONLY", "check_knobs", "resolve",
+           "knob_names", "default_steps", "OFFICIAL_SYNTHETIC_MEAN", "OFFICIAL_SYNTHETIC_STD"]

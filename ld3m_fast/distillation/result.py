@@ -107,7 +107,7 @@ class DistilledSet:
         if missing:
             raise DamagedFileError(f"the distilled set in {str(d)!r} lacks {missing}; write it again")
         images, labels = t["images"], t["labels"]
-        check_images_labels(images, labels, f"{str(d)!r} images", f"{str(d)!r} labels")
+        check_images_labels(images, labels, f"{str(d)!r} images", f"{str(d)!r} labels", unit_range=False)
         try:
             mean, std = check_normalization(info["mean"], info["std"], images.shape[1], f"{str(d)!r} mean/std")
         except InvalidArgumentError as err:

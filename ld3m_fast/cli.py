@@ -537,7 +537,10 @@ def _apply_settings(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; a problem with what it was given prints one line and returns 2, a bug keeps its traceback."""
     try:
-        args = _apply_settings(build_parser(), argv)
+        try:
+            args = _apply_settings(build_parser(), argv)
+        except SystemExit as exc:  # argparse has printed its one-line usage error (2), or --help/--version (0)
+            return exc.code if isinstance(exc.code, int) else 2
         return args.func(args)
     except LD3MError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)

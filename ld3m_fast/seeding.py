@@ -8,8 +8,12 @@ one purpose (say, evaluation) from shifting those of another.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEED = 2**63 - 1
 

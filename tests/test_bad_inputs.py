@@ -355,7 +355,7 @@ CLI = [
     ("distill unreadable image", lambda e: ["distill", "--data", str(e.image_folder), "--resolution", "16", "--out",
                                             str(e.tmp / "o7")], r"broken.png"),
     ("distill pixel steps", lambda e: ["distill", "--steps", "0", "--out", str(e.tmp / "o8")], r"steps set"),
-    ("distill pixel skip", lambda e: ["distill", "--skip", "bogus", "--out", str(e.tmp / "o9")], r"skip set"),
+    ("distill pixel skip", lambda e: ["distill", "--skip", "paper", "--out", str(e.tmp / "o9")], r"skip set"),
     ("distill experts with dm", lambda e: ["distill", "--experts", str(e.tmp), "--out", str(e.tmp / "o10")],
      r"experts"),
     ("distill ipc 0", lambda e: ["distill", "--ipc", "0", "--out", str(e.tmp / "o11")], r"ipc=0"),

@@ -11,23 +11,27 @@ import math
 
 import torch
 
-from ..normalization import normalize as normalize_images
+from ..errors import InvalidArgumentError, InvalidTypeError
+from ..normalization import check_normalization, normalize as normalize_images
+from ..seeding import check_seed
 from .chain import ChainSettings, guidance_contexts, guided_eps, reverse_chain
 from .decode import recomputed_decode, straight_through
 from .latent_model import LatentModel, as_latent_model, check_latents_and_context
-from .memory import parse_memory_budget, resolve_plan, saved_activation_bytes
+from .memory import CallCost, RenderCosts, measure_call, parse_memory_budget, resolve_plan
 from .schedule import DDIMSchedule
 
 
 def make_generator(seed: int | None = None, generator: torch.Generator | None = None) -> torch.Generator | None:
     """A CPU generator seeded with ``seed``, the given ``generator``, or ``None`` (the global RNG)."""
     if seed is not None and generator is not None:
-        raise ValueError("pass either seed or generator, not both")
+        raise InvalidArgumentError("pass either seed or generator, not both")
     if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise InvalidTypeError(f"generator must be a torch.Generator, not {type(generator).__name__}")
         return generator
     if seed is None:
         return None
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 def start_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -40,17 +44,25 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def cost_probe(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule):
-    """A function returning what the planner needs (``resolve_plan``'s ``measure``): one image's activations in a
-    (guided) denoiser call and in the decoder, the bytes of one step's latents for all images, and what the rendering
-    keeps for all images besides. ``uc`` is one unconditional context row or ``None``."""
-    def measure():
+def cost_probe(lm: LatentModel, Z, c, uc, schedule: DDIMSchedule, *, decode: bool = True):
+    """A function returning what the planner needs (``resolve_plan``'s ``measure``): a ``RenderCosts`` with one
+    image's (guided) denoiser call and decode measured by ``measure_call`` (peaks with and without gradients, what
+    stays alive until backward; per call and per image), and the bytes of one image's latent, image and context.
+    ``uc`` is one unconditional context row or ``None``; ``decode=False`` leaves the decoder out (a chain without
+    decoding)."""
+    def measure() -> RenderCosts:
         z1 = Z[:1].detach().requires_grad_(True)
+        c1 = c[:1].detach().requires_grad_(c.requires_grad)
         t = torch.full((1,), schedule.timesteps[0], device=Z.device, dtype=torch.long)
-        unet_bytes, _ = saved_activation_bytes(lambda z: guided_eps(lm.denoiser, z, t, c[:1].detach(), uc), z1)
-        dec_bytes, image = saved_activation_bytes(lm.decode, z1)
-        n, elt = Z.shape[0], Z.element_size()
-        return unet_bytes, dec_bytes, n * elt * Z[0].numel(), n * elt * (6 * Z[0].numel() + 3 * image[0].numel())
+        batch = (z1, t, c1) if uc is None else (z1, t, c1, uc)
+        denoiser, _ = measure_call(lambda z, t, c, u=None: guided_eps(lm.denoiser, z, t, c, u), *batch)
+        if decode:
+            decoder, image = measure_call(lm.decode, z1)
+            image_bytes = image[0].numel() * image.element_size()
+        else:
+            decoder, image_bytes = CallCost((), (0, 0), ()), 0
+        return RenderCosts(denoiser, decoder, Z[0].numel() * Z.element_size(), image_bytes,
+                           c[0].numel() * c.element_size())
     return measure
 
 
@@ -68,13 +80,17 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
         steps: DDIM steps requested (the official uniform discretisation; may run a few more).
         guidance: classifier-free guidance scale (1.0: no guidance, one denoiser call per step).
         skip: ``"official"`` (x̂0 blended with Zq, the LD3M code), ``"paper"`` (Eq. 7), ``"none"``.
-        memory_budget: bytes or e.g. ``"8GiB"`` for the backward pass; picks the chunk size and, when all images
-            fit in one chunk, how many steps keep their denoiser graphs (no recomputation for them).
+        memory_budget: bytes or e.g. ``"8GiB"``: the most device memory this rendering may allocate, forward and
+            the backward through it, above what is allocated when ``render`` is called (the model's weights and the
+            caller's tensors are not part of it; see ``ld3m_fast.engine.memory``). One image's denoiser call and
+            decode are measured first; the plan is the largest chunk of images that fits, then, when all images fit
+            in one chunk, how many steps keep their denoiser graphs (no recomputation for them), and when not even
+            one image fits beside every step's latent, the latent stride. A budget too small for one image is refused.
         seed / generator: fix the start noise ε (and the DDIM noise if ``eta > 0``).
         noise: the start noise ε itself (shape of ``Z``), instead of drawing it.
         chunk_size: images per recomputed denoiser call in backward (overrides ``memory_budget``;
-            default 10). The no-grad forward runs all images at once (as the official code does),
-            or, under a ``memory_budget``, ``NO_GRAD_CHUNK_FACTOR`` chunks at once.
+            default 10). The no-grad forward runs all images at once (as the official code does), under a
+            ``memory_budget`` as many as fit, or, with both, ``NO_GRAD_CHUNK_FACTOR`` chunks at once.
         keep_steps: how many steps (the last ones) run their denoiser with gradients in the forward pass and
             keep the graph for backward, instead of recomputing it (overrides ``memory_budget``'s choice; default 0).
         latent_stride: keep only every k-th step's latent for backward, which regenerates the others (about one
@@ -87,6 +103,14 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     """
     lm = as_latent_model(model)
     check_latents_and_context(Z, c, lm, check_finite)
+    if normalize is not None:  # checked now for form and values, against the images' channels once decoded
+        normalize = check_normalization(*_pair(normalize), channels=max(map(_length, _pair(normalize))))
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor):
+            raise InvalidTypeError(f"noise must be a torch.Tensor shaped like Z, not {type(noise).__name__}")
+        if noise.shape != Z.shape:
+            raise InvalidArgumentError(f"noise has shape {tuple(noise.shape)} but Z has {tuple(Z.shape)}: give one ε "
+                                       "per latent")
     schedule = DDIMSchedule.make(steps, lm.alphas_cumprod, guidance, skip, eta)
     budget = parse_memory_budget(memory_budget)
     n = Z.shape[0]
@@ -100,8 +124,6 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     gen = make_generator(seed, generator)
     if noise is None:
         noise = start_noise(Z, gen)
-    elif noise.shape != Z.shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)} but Z has {tuple(Z.shape)}: give one ε per latent")
     z_start = math.sqrt(schedule.start_alpha) * Z + math.sqrt(1 - schedule.start_alpha) * noise.to(Z)
     anchor = {"official": lambda: straight_through(lm.quantize, Z), "paper": lambda: z_start,
               "none": lambda: None}[skip]()
@@ -111,4 +133,23 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
                              latent_stride=plan.latent_stride)
     z0 = reverse_chain(z_start, anchor, c, settings)
     x = recomputed_decode(lm.decode, straight_through(lm.quantize, z0), plan.chunk, plan.forward_chunk)
-    return to_unit_range(x) if normalize is None else normalize_images(to_unit_range(x), *normalize)
+    if check_finite and not torch.isfinite(x).all():
+        raise InvalidArgumentError(
+            f"rendering gave NaN/Inf images from finite Z and c (largest |Z| = {Z.detach().abs().max().item():.3g}, "
+            f"|c| = {c.detach().abs().max().item():.3g}): the latents or embeddings are far outside the model's range "
+            "(its latents are about unit scale); rescale Z or c")
+    if normalize is None:
+        return to_unit_range(x)
+    return normalize_images(to_unit_range(x), *check_normalization(*normalize, channels=x.shape[1]))
+
+
+def _pair(normalize) -> tuple:
+    """``normalize`` as ``(mean, std)``, or a clear error."""
+    if isinstance(normalize, (str, bytes)) or not hasattr(normalize, "__len__") or len(normalize) != 2:
+        raise InvalidArgumentError(f"normalize={normalize!r} must be (mean, std), e.g. ((0.485, 0.456, 0.406), "
+                                   "(0.229, 0.224, 0.225)), or None")
+    return tuple(normalize)
+
+
+def _length(values) -> int:
+    return len(values) if hasattr(values, "__len__") and not isinstance(values, str) else 1

@@ -5,6 +5,10 @@ import torch
 
 from tests.helpers.numerics import rel_err
 from ld3m_fast import LatentModel, as_latent_model, reference, render
+from ld3m_fast.engine.chain import guidance_contexts
+from ld3m_fast.engine.memory import RenderPlan, predict_peak
+from ld3m_fast.engine.rendering import cost_probe
+from ld3m_fast.engine.schedule import DDIMSchedule
 from tests.helpers.compvis_style import CompVisStyleLDM
 from tests.engine.test_chain import CountingDenoiser, make_inputs
 
@@ -61,10 +65,14 @@ def test_memory_budget_chooses_the_chunk_and_refuses_too_small_budgets():
     counter.calls.clear()
     with pytest.raises(ValueError, match="memory_budget=.* too small for one image"):
         render(model, Z, c, 2, memory_budget=10_000, seed=0)
-    budget = 5_000_000  # about 2 MiB per image in a chunk here
+    schedule = DDIMSchedule.make(2, parts.alphas_cumprod, 3.0, "official", 0.0)
+    uc = guidance_contexts(schedule, parts.unconditional_context(6).to(c))
+    costs = cost_probe(parts, Z, c, uc[:1], schedule)()
+    budget = predict_peak(6, schedule.num_steps, RenderPlan(3, 0, 1, 3), costs)  # room for chunks of 3, not of 6
+    assert budget < predict_peak(6, schedule.num_steps, RenderPlan(6, 0, 1, 6), costs)
     render(model, Z, c, 2, memory_budget=budget, seed=0).sum().backward()
     sizes = {b for b, grad in counter.calls if grad and b > 2}  # b == 2 is the planner's one-image probe
-    assert sizes and max(sizes) < 12  # the budget forced smaller chunks
+    assert sizes and max(sizes) <= 6  # the budget forced chunks of at most 3 images (6 calls with guidance)
 
 
 def test_a_large_budget_keeps_steps_and_matches_the_unbudgeted_gradient():

@@ -18,7 +18,7 @@ CompVis's module names and arithmetic), five ways:
   also bf16, fused GroupNorm+SiLU and channels-last);
 - ``one_render``: the official step with ``DDIMSampler(one_render=True)`` and
   ``ld3m_fast.engine.official_step.one_render_backward`` (the backward helper's call shape): 2 forwards + 1 backward;
-- ``one_render_accelerated``: the same on the accelerated model (everything the issue offers at once).
+- ``one_render_accelerated``: the same on the accelerated model (every acceleration at once).
 
 Per case and number of steps S: seconds per iteration (median and minimum of interleaved repeats after one warm-up:
 the minimum is the least disturbed by other load on the machine), peak memory
@@ -50,6 +50,7 @@ from bench.measure import peak_memory
 from ld3m_fast import DDIMSampler, ddim_timesteps, reference
 from ld3m_fast.engine.official_step import one_render_backward, render_images
 from ld3m_fast.models.compvis_acceleration import accelerate
+from ld3m_fast.plots import plot_benchmark
 from tests.helpers.compvis_modules import compvis_ldm
 
 CASES = ("official", "drop_in", "drop_in_accelerated", "one_render", "one_render_accelerated")
@@ -221,6 +222,11 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out} ({report['seconds_total']:.0f} s)")
+    env = report["environment"]
+    png = plot_benchmark(report, Path(args.out).with_suffix(".png"),
+                         title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
+    if png is not None:
+        print(f"wrote {png}")
     return 0
 
 

@@ -27,6 +27,7 @@ from bench.paper_scale import environment  # noqa: E402
 
 from ld3m_fast import reference, render  # noqa: E402
 from ld3m_fast.engine.memory import thinning_stride  # noqa: E402
+from ld3m_fast.plots import plot_benchmark  # noqa: E402
 
 IMPLS = ("engine", "engine_thinned", "reference")
 PROBLEMS = {"CompVis-style test LDM 0.9M, 8x8x3": small_problem, "Fashion-MNIST prior 1.7M, 7x7x3": prior_problem}
@@ -81,6 +82,11 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
+    env = report["environment"]
+    png = plot_benchmark(report, Path(args.out).with_suffix(".png"),
+                         title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
+    if png is not None:
+        print(f"wrote {png}")
     return 0
 
 

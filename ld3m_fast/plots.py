@@ -155,10 +155,14 @@ def benchmark_rows(results) -> list[dict]:
 
 
 def _melt(row: dict, y: str) -> list[tuple[str | None, float]]:
-    """(impl, value) of ``y`` in a row: ``row[y]`` itself, or per implementation from wide keys
-    ``<impl>_<y>_median``, ``<impl>_<y>`` (and ``<impl>_peak_MiB`` for ``peak_bytes``)."""
-    if isinstance(row.get(y), (int, float)) and not isinstance(row.get(y), bool):
-        return [(row.get("impl"), float(row[y]))]
+    """(impl, value) of ``y`` in a row: ``row[y]`` (or ``<y>_median``, ``peak_MiB`` for ``peak_bytes``) of the
+    row's ``impl`` (or ``case``), or per implementation from wide keys ``<impl>_<y>_median``, ``<impl>_<y>`` (and
+    ``<impl>_peak_MiB`` for ``peak_bytes``)."""
+    long_keys = [(y, 1.0), (f"{y}_median", 1.0)] + ([("peak_MiB", 2.0 ** 20)] if y == "peak_bytes" else [])
+    for key, scale in long_keys:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [(row.get("impl", row.get("case")), float(value) * scale)]
     suffixes = [(f"_{y}_median", 1.0), (f"_{y}", 1.0)] + ([("_peak_MiB", 2.0 ** 20)] if y == "peak_bytes" else [])
     found = {}
     for key, value in row.items():

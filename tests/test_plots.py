@@ -68,6 +68,13 @@ def test_wide_rows_are_read_per_implementation(tmp_path):
     assert plots.plot_benchmark([row, dict(row, steps=100)], tmp_path / "w.png").is_file()
 
 
+def test_rows_of_one_case_each_are_read_by_their_case():
+    row = {"case": "one_render", "steps": 10, "seconds_median": 2.5, "seconds": [2.2, 2.5, 3.6], "peak_MiB": 4.0}
+    assert plots._melt(row, "seconds") == [("one_render", 2.5)]
+    assert plots._melt(row, "peak_bytes") == [("one_render", 4.0 * 2**20)]
+    assert plots._melt(dict(row, impl="engine", peak_bytes=7), "peak_bytes") == [("engine", 7.0)]
+
+
 @needs_matplotlib
 def test_log_scale_only_when_values_span_orders_of_magnitude():
     from matplotlib.figure import Figure

@@ -21,9 +21,9 @@ def prior():
 @pytest.mark.parametrize("space", list(SPACES))
 def test_dm_iteration_cpu(benchmark, prior, space, ipc):
     latent = SPACES[space]
-    knobs = dict(batch_real=64, net_width=64, steps=10)
-    if latent:
-        knobs.update(chunk_size=10 * ipc, encode_input="signed")
+    knobs = dict(batch_real=64, net_width=64)
+    if latent:  # the rendering's knobs exist in the latent space only
+        knobs.update(steps=10, chunk_size=10 * ipc, encode_input="signed")
     run = prepare(embedded_fashion_mnist("train"), prior if latent else None, ipc, **knobs)
     it = iter(range(10**6))
     run.algorithm.iteration(next(it))  # warm-up

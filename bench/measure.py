@@ -9,9 +9,11 @@ each other are computed with TF32 off (``tf32_off``).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -203,3 +205,19 @@ def step_bandwidth(backend: str, numel: int = STEP_TENSOR_BYTES // 4, device: to
         ms = device_time_ms(fn, device, warmup=3, repeats=repeats)
         out[direction] = {"ms": ms, "GB_per_s": step_bytes_moved(numel) / (ms / 1e3) / 1e9}
     return out
+
+
+def write_report(report: dict, out) -> None:
+    """Write a benchmark's results JSON to ``out`` and, with matplotlib, time and peak memory vs steps beside it
+    (``out`` with ``.png``)."""
+    from ld3m_fast.plots import plot_benchmark
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    env = report["environment"]
+    png = plot_benchmark(report, out.with_suffix(".png"),
+                         title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
+    if png is not None:
+        print(f"wrote {png}")

@@ -46,11 +46,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import peak_memory
+from bench.measure import peak_memory, write_report
 from ld3m_fast import DDIMSampler, ddim_timesteps, reference
 from ld3m_fast.engine.official_step import one_render_backward, render_images
 from ld3m_fast.models.compvis_acceleration import accelerate
-from ld3m_fast.plots import plot_benchmark
 from tests.helpers.compvis_modules import compvis_ldm
 
 CASES = ("official", "drop_in", "drop_in_accelerated", "one_render", "one_render_accelerated")
@@ -219,14 +218,7 @@ def main(argv=None) -> int:
         "accelerate_switches": problem.accelerated.ld3m_fast_model.optimizations,
         "rows": rows, "seconds_total": time.perf_counter() - t0,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out} ({report['seconds_total']:.0f} s)")
-    env = report["environment"]
-    png = plot_benchmark(report, Path(args.out).with_suffix(".png"),
-                         title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
-    if png is not None:
-        print(f"wrote {png}")
+    write_report(report, args.out)
     return 0
 
 

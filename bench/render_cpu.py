@@ -3,7 +3,8 @@
     python bench/render_cpu.py --out bench/results/render_cpu.json [--repeats 5]
 
 Small models, N = 20, S ∈ {10, 100}: the 0.9 M-parameter CompVis-style test LDM
-(``tests/helpers/compvis_style.py``, 8×8×3 latents) and the shipped Fashion-MNIST prior (1.7 M-parameter diffusers UNet, 7×7×3 latents). Three ways: the engine as
+(``tests/helpers/compvis_style.py``, 8×8×3 latents) and the shipped Fashion-MNIST prior (1.7 M-parameter
+diffusers UNet, 7×7×3 latents). Three ways: the engine as
 ``render`` runs by default (every step's latent kept), the engine keeping every ⌈√S⌉-th latent (what
 the planner picks when a memory budget is too tight for all of them), and ``ld3m_fast.reference``.
 CPU timings drift with the machine's load, so the three alternate, and the medians of the repeats are
@@ -22,12 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import peak_memory, prior_problem, small_problem  # noqa: E402
+from bench.measure import peak_memory, prior_problem, small_problem, write_report  # noqa: E402
 from bench.paper_scale import environment  # noqa: E402
 
 from ld3m_fast import reference, render  # noqa: E402
 from ld3m_fast.engine.memory import thinning_stride  # noqa: E402
-from ld3m_fast.plots import plot_benchmark  # noqa: E402
 
 IMPLS = ("engine", "engine_thinned", "reference")
 PROBLEMS = {"CompVis-style test LDM 0.9M, 8x8x3": small_problem, "Fashion-MNIST prior 1.7M, 7x7x3": prior_problem}
@@ -79,14 +79,7 @@ def main(argv=None) -> int:
             by_steps[100][f"{impl}_peak_ratio_S100_vs_S10"] = (by_steps[100][f"{impl}_peak_MiB"]
                                                                 / by_steps[10][f"{impl}_peak_MiB"])
     report = {"environment": environment(torch.device("cpu")), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
-    env = report["environment"]
-    png = plot_benchmark(report, Path(args.out).with_suffix(".png"),
-                         title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
-    if png is not None:
-        print(f"wrote {png}")
+    write_report(report, args.out)
     return 0
 
 

@@ -1,4 +1,5 @@
 """bench/official_loop.py runs every case on tiny sizes on the CPU and writes a complete report."""
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -27,4 +28,6 @@ def test_official_loop_dry_run_writes_every_case_and_field(tmp_path, monkeypatch
         assert row["unet_forwards_per_step"] == (2.0 if row["case"].startswith("one_render") else 3.0)
         if row["case"].startswith("one_render"):
             assert row["grad_rel_diff_vs_official"] < 1e-4  # the official pattern's gradient (same noise)
+    # time and peak vs steps beside the JSON, when matplotlib is installed
+    assert out.with_suffix(".png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
     sys.modules.pop("official_loop", None)

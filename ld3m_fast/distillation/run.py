@@ -219,7 +219,8 @@ def _iterate(run: DistillRun, stop: "_StopSignals", test, checkpoint_dir, progre
 class _StopSignals:
     """While active, SIGINT and SIGTERM ask the run to stop at the next iteration boundary; a second one stops at once.
 
-    Handlers can only be installed in the main thread; elsewhere signals keep their default effect.
+    Handlers can only be installed in the main thread; elsewhere signals keep their default effect. A signal the
+    process ignores (a job started in the background by a shell, or under ``nohup``) stays ignored.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -237,7 +238,8 @@ class _StopSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc):

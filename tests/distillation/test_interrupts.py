@@ -104,7 +104,7 @@ def test_a_hard_stop_mid_iteration_rewinds_to_the_boundary(data, tmp_path, monke
     same_result(distill(data, None, checkpoint_dir=tmp_path, **kw), reference)
 
 
-def test_a_signal_in_process_stops_at_the_boundary_with_its_checkpoint(data, tmp_path, monkeypatch):
+def test_a_signal_in_process_stops_at_the_boundary_with_its_checkpoint(data, tmp_path, monkeypatch, request):
     from ld3m_fast.distillation import run as run_module
     original = run_module.prepare
 
@@ -120,6 +120,8 @@ def test_a_signal_in_process_stops_at_the_boundary_with_its_checkpoint(data, tmp
         return prepared
 
     monkeypatch.setattr(run_module, "prepare", signalled_in_iteration_2)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (not a background job)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(RunInterrupted, match="stopped after iteration 3 of 10") as info:
         distill(data, None, ipc=1, iterations=10, checkpoint_every=100, checkpoint_dir=tmp_path, batch_real=8,
                 net_width=16, progress=False)
@@ -127,3 +129,16 @@ def test_a_signal_in_process_stops_at_the_boundary_with_its_checkpoint(data, tmp
     saved = load_checkpoint(tmp_path)
     assert saved.completed == 3 and len(saved.history) == 3 and "X" in saved.tensors
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_an_ignored_signal_stays_ignored(data, tmp_path, request):
+    """A run started as a background job (SIGINT ignored by the shell) is not stopped by a terminal's Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    from ld3m_fast.distillation import run as run_module
+
+    with run_module._StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and callable(signal.getsignal(signal.SIGTERM))
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signal is None
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

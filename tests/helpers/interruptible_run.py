@@ -2,6 +2,7 @@
 which the test interrupts with real signals at random moments. Prints READY when distill is called and ITERATING
 when its set-up is done and the loop starts."""
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--experts")
     args = p.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's children inherit SIGINT ignored
     model, kw = settings(args.case, args.experts)
     data = toy_data()
     prepare = run_module.prepare

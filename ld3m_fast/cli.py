@@ -541,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
             args = _apply_settings(build_parser(), argv)
         except SystemExit as exc:  # argparse has printed its one-line usage error (2), or --help/--version (0)
             return exc.code if isinstance(exc.code, int) else 2
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # a torchrun rank: leave the process group together with the others
+            from .distributed import finish
+            finish()
+        return code
     except LD3MError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2

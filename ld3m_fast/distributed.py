@@ -102,6 +102,15 @@ def init(device=None) -> Group:
     return Group(dist.get_rank(), dist.get_world_size(), dev)
 
 
+def finish() -> None:
+    """Leave the default process group at the end of a successful run: wait for every rank, then destroy it, so that
+    no rank tears down its connections while another still uses them (gloo then aborts the process). After a
+    failure, do not call it (a lost rank would keep the barrier waiting): just exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_classes(num_classes: int, group: Group) -> list[int]:
     """The contiguous block of classes rank ``group.rank`` owns (sizes differ by at most one)."""
     if group.world > num_classes:
@@ -168,5 +177,5 @@ def check_agreement(what: str, value: str, group: Group) -> None:
     values = all_gather_objects(value, group)
     if len(set(values)) > 1:
         differing = [r for r, v in enumerate(values) if v != values[0]]
-        raise IncompatibleRunError(f"ranks disagree on the {what}: ranks {differing} differ from rank 0; every rank must "
-                                   "get the same settings and data (same command line, same dataset files)")
+        raise IncompatibleRunError(f"ranks disagree on the {what}: ranks {differing} differ from rank 0; every rank "
+                                   "must get the same settings and data (same command line, same dataset files)")

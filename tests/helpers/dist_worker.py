@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from tests.helpers.toy import small, toy_data  # noqa: E402
 
 from ld3m_fast.distillation import distill  # noqa: E402
+from ld3m_fast.distributed import finish  # noqa: E402
 from ld3m_fast.evaluation import evaluate  # noqa: E402
 from tests.helpers.compvis_style import CompVisStyleLDM  # noqa: E402
 
@@ -72,6 +73,7 @@ def main():
                 return original(self, it)
             dm.DM.iteration = iteration
             run_case("dm", args.out, args.experts)
+        finish()  # every rank done: leave the group together
     except BaseException as exc:  # record what each rank saw, for the test to read
         (args.out / f"error_rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         raise

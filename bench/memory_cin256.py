@@ -256,8 +256,9 @@ def plot(report: dict, png: Path, n: int) -> bool:
     ax.set_xlabel("DDIM steps S")
     ax.set_ylabel(f"peak memory above the weights ({unit})")
     env = report["environment"]
+    commits = ", ".join(sorted({str(r.get("commit"))[:7] for r in rows}))  # a resumed sweep may span commits
     ax.set_title(f"{report['model']}, N = {n}, forward + backward; × = the planner's prediction\n"
-                 f"{env['cpu']}, torch {env['torch']}, commit {str(env['commit'])[:7]}", fontsize=9)
+                 f"{env['cpu']}, torch {env['torch']}, commit {commits}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

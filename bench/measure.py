@@ -9,9 +9,13 @@ each other are computed with TF32 off (``tf32_off``).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
+import os
+import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -221,3 +225,41 @@ def write_report(report: dict, out) -> None:
                          title=f"{env['device']}, torch {env['torch']}, commit {str(env['commit'])[:7]}")
     if png is not None:
         print(f"wrote {png}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        model = None
+    return f"{model or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+
+
+def environment(device) -> dict:
+    """Where and what a benchmark ran: date, git commit (and whether tracked files had changes), torch, device,
+    threads, TF32 settings and the peak convention, for its results JSON."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, cwd=Path(__file__).parent).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "uncommitted_changes": dirty, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "threads": torch.get_num_threads(), "tf32": tf32_settings(), "peak_convention": PEAK_CONVENTION,
+            "fp32_math": ("true fp32" if not (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+                          else "PyTorch's TF32 defaults")}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(capability=list(torch.cuda.get_device_capability(device)), multiprocessors=p.multi_processor_count,
+                    memory_GiB=round(p.total_memory / 2**30, 1))
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info

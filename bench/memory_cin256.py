@@ -31,9 +31,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +39,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import peak_memory  # noqa: E402
+from bench.measure import environment, peak_memory  # noqa: E402
 from ld3m_fast import reference, render  # noqa: E402
+from ld3m_fast.atomic import write_atomic  # noqa: E402
 from ld3m_fast.engine import rendering  # noqa: E402
 from ld3m_fast.engine.latent_model import as_latent_model  # noqa: E402
 from ld3m_fast.engine.memory import RenderPlan, predict_peak, resolve_plan  # noqa: E402
@@ -187,33 +185,15 @@ def summarize(rows) -> dict:
     return {"groups": out, "targets": targets}
 
 
-def environment() -> dict:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=root).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "ld3m_fast", "bench/memory_cin256.py"],
-                                    capture_output=True, text=True, cwd=root).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-            "uncommitted_changes": dirty, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": f"{cpu}, {os.cpu_count()} cores", "threads": torch.get_num_threads(), "dtype": "float32",
-            "peak": "bytes allocated through torch's CPU allocator above those allocated before the call "
-                    "(bench.measure.peak_memory: the profiler's allocation trace)"}
+def cpu_environment() -> dict:
+    """``bench.measure.environment`` on the CPU, with the CPU under ``cpu`` (the plot's title) and the dtype."""
+    env = environment(torch.device("cpu"))
+    return dict(env, cpu=env["device"], dtype="float32")
 
 
 def write(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
 
 
 def plot(report: dict, png: Path, n: int) -> bool:
@@ -303,7 +283,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model = tiny_model() if args.dry_run else cin256_model()
     model_name = "tiny CompVis-style LDM (dry run)" if args.dry_run else "cin256-v2 architecture, random weights"
-    report = {"model": model_name, "environment": environment(), "costs": (old or {}).get("costs", {}),
+    report = {"model": model_name, "environment": cpu_environment(), "costs": (old or {}).get("costs", {}),
               "rows": rows, "skipped": []}
     costs_by_res, budgets = {}, {}
     for case in cases:

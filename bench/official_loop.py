@@ -32,12 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -46,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import peak_memory, write_report
+from bench.measure import environment, peak_memory, write_report
 from ld3m_fast import DDIMSampler, ddim_timesteps, reference
 from ld3m_fast.engine.official_step import one_render_backward, render_images
 from ld3m_fast.models.compvis_acceleration import accelerate
@@ -66,26 +62,6 @@ SIZES = {
                            num_head_channels=16, context_dim=16, latent_size=4, vq_ch=8, vq_ch_mult=(1, 2, 2),
                            groups=8), n=2, sg_batch=1, latent=4, steps=(2, 4), repeats=(1, 1)),
 }
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, cwd=Path(__file__).parent, check=False).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-            else platform.processor()
-        name = f"{name}, {os.cpu_count()} cores"
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": commit,
-            "uncommitted_changes": dirty, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "device": name, "threads": torch.get_num_threads()}
 
 
 class Problem:

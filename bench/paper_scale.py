@@ -41,12 +41,9 @@ be measured).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -55,9 +52,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import (PEAK_CONVENTION, STEP_TENSOR_BYTES, bf16_matmul_peak_tflops,  # noqa: E402
-                           copy_bandwidth_gbs, count_flops, device_time_ms, peak_memory, random_cin256,
-                           step_bandwidth, tf32_settings)
+from bench.measure import (STEP_TENSOR_BYTES, bf16_matmul_peak_tflops,  # noqa: E402
+                           copy_bandwidth_gbs, count_flops, device_time_ms, environment, peak_memory, random_cin256,
+                           step_bandwidth)
 
 from ld3m_fast import get_network, optimize, reference, render  # noqa: E402
 from ld3m_fast.engine.fused_step import available_backends, select_backend  # noqa: E402
@@ -321,40 +318,6 @@ def _status_of(report, res, steps, n, impl) -> str:
     return "not reached" if row is None else row.get("status", "?")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        model = None
-    return f"{model or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
-
-
-def environment(device) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, cwd=Path(__file__).parent).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-            "uncommitted_changes": dirty, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-            "threads": torch.get_num_threads(), "tf32": tf32_settings(), "peak_convention": PEAK_CONVENTION,
-            "fp32_math": ("true fp32" if not (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
-                          else "PyTorch's TF32 defaults")}
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(capability=list(torch.cuda.get_device_capability(device)), multiprocessors=p.multi_processor_count,
-                    memory_GiB=round(p.total_memory / 2**30, 1))
-    try:
-        import triton
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    return info
 
 
 def _measure_shares(report, model, device, sz: Sizes, dry_run: bool, write) -> None:

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from bench.measure import peak_memory, prior_problem, small_problem, write_report  # noqa: E402
-from bench.paper_scale import environment  # noqa: E402
+from bench.measure import environment, peak_memory, prior_problem, small_problem, write_report  # noqa: E402
 
 from ld3m_fast import reference, render  # noqa: E402
 from ld3m_fast.engine.memory import thinning_stride  # noqa: E402

@@ -104,7 +104,8 @@ def render(model, Z: torch.Tensor, c: torch.Tensor, steps: int, guidance: float 
     lm = as_latent_model(model)
     check_latents_and_context(Z, c, lm, check_finite)
     if normalize is not None:  # checked now for form and values, against the images' channels once decoded
-        normalize = check_normalization(*_pair(normalize), channels=max(map(_length, _pair(normalize))))
+        mean, std = _pair(normalize)
+        normalize = check_normalization(mean, std, channels=max(_length(mean), _length(std)))
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise InvalidTypeError(f"noise must be a torch.Tensor shaped like Z, not {type(noise).__name__}")

@@ -296,13 +296,10 @@ class DDIMSampler:
         plan_key = (n, tuple(x_T.shape[1:]), x_T.dtype, x_T.device, schedule.num_steps, uc is not None, eta == 0)
         plan = self._plans.get(plan_key)
         if plan is None:  # measured once per kind of call: the official loop calls sample once per chunk
-            try:
-                plan = resolve_plan(n, schedule.num_steps, self.memory_budget, chunk_size=self.chunk_size,
-                                    keep_steps=self.keep_steps, latent_stride=self.latent_stride,
-                                    allow_thinning=eta == 0,
-                                    measure=cost_probe(lm, x_T, context, None if uc is None else uc[:1], schedule))
-            except ValueError as err:
-                raise InvalidArgumentError(str(err)) from None
+            plan = resolve_plan(n, schedule.num_steps, self.memory_budget, chunk_size=self.chunk_size,
+                                keep_steps=self.keep_steps, latent_stride=self.latent_stride, allow_thinning=eta == 0,
+                                measure=cost_probe(lm, x_T, context, None if uc is None else uc[:1], schedule,
+                                                   decode=False))  # sample returns latents: no decoder
             self._plans[plan_key] = plan
         keep = frozenset(range(schedule.num_steps - plan.kept_steps, schedule.num_steps))
         settings = ChainSettings(denoiser, schedule, uc, plan.chunk, self.backend, generator, progress=verbose,

@@ -200,6 +200,18 @@ def test_a_memory_budget_too_small_says_so(model64):
                                                           verbose=False)
 
 
+def test_the_planner_of_sample_measures_no_decoder(monkeypatch):
+    """sample returns latents: its budget is planned without the decoder, which it never runs."""
+    model = CompVisStyleLDM(seed=3).double()
+    decoded = []
+    original = model.first_stage_model.decode
+    monkeypatch.setattr(model.first_stage_model, "decode", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    Z, c, _ = make_inputs(model, 2, torch.float64)
+    DDIMSampler(model, memory_budget="1GiB").sample(S=5, batch_size=2, shape=(3, 8, 8), conditioning=c, x_T=Z,
+                                                    verbose=False).sum().backward()
+    assert not decoded and Z.grad is not None
+
+
 class _CountingModel:
     """Counts the UNet calls of a model (forward passes, no-grad or not)."""
 
